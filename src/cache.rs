@@ -1,0 +1,163 @@
+//! The read-through summary cache in Redis, kept fresh after writes.
+//!
+//! Each type has a generation counter (`summary_gen:{type}`), bumped after every committed
+//! write of that type. Summaries are cached under `summary:{type}:{period}:g{generation}`,
+//! with the generation read *before* the summary was computed. A read after a write therefore
+//! never sees a summary computed before it, even one that a slow reader stores late.
+//! A bump that fails while Redis is unavailable is remembered and retried before the cache is
+//! used again; until it succeeds that type is served uncached.
+
+use std::{collections::HashSet, sync::Mutex, time::Duration};
+
+use redis::{AsyncCommands, Script};
+
+use crate::{
+    metric::{Period, Summary},
+    redis_connection::RedisConnection,
+};
+
+/// Generation counters outlive any cached summary by far; expiring them only bounds memory.
+const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Reads a type's generation and the summary cached under it, in one round trip.
+const LOOKUP_SCRIPT: &str = r"
+local generation = redis.call('GET', KEYS[1]) or '0'
+return {generation, redis.call('GET', ARGV[1] .. generation)}
+";
+
+/// A cache read: either the cached summary, or what is needed to store a fresh one.
+pub enum Lookup {
+    Hit(Box<Summary>),
+    Miss(Option<CacheSlot>),
+}
+
+/// Where a freshly computed summary may be stored (the generation it was computed under).
+pub struct CacheSlot {
+    key: String,
+}
+
+pub struct SummaryCache {
+    redis: RedisConnection,
+    ttl: Duration,
+    lookup: Script,
+    /// Types whose generation bump failed while Redis was unavailable.
+    pending_bumps: Mutex<HashSet<String>>,
+}
+
+impl SummaryCache {
+    pub fn new(redis: RedisConnection, ttl: Duration) -> Self {
+        Self {
+            redis,
+            ttl,
+            lookup: Script::new(LOOKUP_SCRIPT),
+            pending_bumps: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn generation_key(metric_type: &str) -> String {
+        format!("summary_gen:{metric_type}")
+    }
+
+    /// Looks a summary up. `Miss(None)` means the cache cannot be used for this type now.
+    pub async fn lookup(&self, metric_type: &str, period: Period) -> Lookup {
+        if !self.retry_pending_bumps().await && self.is_pending(metric_type) {
+            return Lookup::Miss(None);
+        }
+        let key_prefix = format!("summary:{metric_type}:{}:g", period.as_str());
+        let script = &self.lookup;
+        let generation_key = Self::generation_key(metric_type);
+        let prefix = key_prefix.clone();
+        let found = self
+            .redis
+            .run(|mut conn| async move {
+                script
+                    .key(generation_key)
+                    .arg(prefix)
+                    .invoke_async::<(String, Option<String>)>(&mut conn)
+                    .await
+            })
+            .await;
+        match found {
+            Ok((_, Some(json))) => match serde_json::from_str(&json) {
+                Ok(summary) => Lookup::Hit(Box::new(summary)),
+                Err(error) => {
+                    tracing::warn!(%error, "discarding unreadable cached summary");
+                    Lookup::Miss(None)
+                }
+            },
+            Ok((generation, None)) => Lookup::Miss(Some(CacheSlot {
+                key: format!("{key_prefix}{generation}"),
+            })),
+            Err(_) => Lookup::Miss(None),
+        }
+    }
+
+    /// Stores a summary for at most `ttl` (shorter than the configured TTL when asked).
+    pub async fn store(&self, slot: CacheSlot, summary: &Summary, max_ttl: Option<Duration>) {
+        let ttl = max_ttl.map_or(self.ttl, |max| max.min(self.ttl));
+        let Ok(json) = serde_json::to_string(summary) else {
+            return;
+        };
+        let _ = self
+            .redis
+            .run(|mut conn| async move {
+                conn.set_ex::<_, _, ()>(slot.key, json, ttl.as_secs().max(1))
+                    .await
+            })
+            .await;
+    }
+
+    /// Makes every cached summary of the type stale. Call after the write has committed.
+    pub async fn invalidate(&self, metric_type: &str) {
+        if !self.bump(metric_type).await {
+            self.pending_bumps
+                .lock()
+                .expect("cache lock poisoned")
+                .insert(metric_type.to_owned());
+        }
+    }
+
+    async fn bump(&self, metric_type: &str) -> bool {
+        let key = Self::generation_key(metric_type);
+        self.redis
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .incr(&key, 1)
+                    .ignore()
+                    .expire(&key, GENERATION_TTL.as_secs() as i64)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+            .is_ok()
+    }
+
+    fn is_pending(&self, metric_type: &str) -> bool {
+        self.pending_bumps
+            .lock()
+            .expect("cache lock poisoned")
+            .contains(metric_type)
+    }
+
+    /// Retries remembered bumps; true when none is left.
+    async fn retry_pending_bumps(&self) -> bool {
+        let pending: Vec<String> = {
+            let pending = self.pending_bumps.lock().expect("cache lock poisoned");
+            if pending.is_empty() {
+                return true;
+            }
+            pending.iter().cloned().collect()
+        };
+        for metric_type in pending {
+            if !self.bump(&metric_type).await {
+                return false;
+            }
+            self.pending_bumps
+                .lock()
+                .expect("cache lock poisoned")
+                .remove(&metric_type);
+        }
+        true
+    }
+}

@@ -1,0 +1,283 @@
+//! The seed's circuit breaker: CLOSED → OPEN after `failure_threshold` consecutive failures;
+//! while OPEN calls fail fast; after `reset_timeout` exactly one probe is let through
+//! (HALF_OPEN) while every other call keeps failing fast; the probe's success closes the
+//! circuit, its failure opens it for another timeout.
+
+use std::{sync::Mutex, time::Duration};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    clock::{Clock, MonotonicClock},
+    config::CircuitBreakerSettings,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// What `GET /api/circuit-breaker/status` reports.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BreakerStatus {
+    pub state: CircuitState,
+    /// Consecutive failures (compared against the threshold).
+    pub failure_count: u32,
+    /// Successful calls since the process started.
+    pub success_count: u64,
+    /// Calls rejected without touching the service since the process started.
+    pub rejected_count: u64,
+    pub failure_threshold: u32,
+    pub reset_timeout_seconds: f64,
+    /// While OPEN: seconds until a probe will be let through.
+    pub seconds_until_probe: Option<f64>,
+}
+
+/// Why a call was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("circuit is open")]
+pub struct CircuitOpen;
+
+#[derive(Debug)]
+struct Inner {
+    state: CircuitState,
+    consecutive_failures: u32,
+    successes: u64,
+    rejected: u64,
+    opened_at: Duration,
+}
+
+pub struct CircuitBreaker<C: Clock = MonotonicClock> {
+    settings: CircuitBreakerSettings,
+    clock: C,
+    inner: Mutex<Inner>,
+}
+
+/// Permission for one call. Report its outcome with `succeeded` or `failed`; a permit dropped
+/// without an outcome (the caller was cancelled) counts as a failure, so a lost probe can
+/// never leave the circuit half-open for good.
+#[must_use = "report the call's outcome"]
+pub struct Permit<'a, C: Clock> {
+    breaker: &'a CircuitBreaker<C>,
+    reported: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(settings: CircuitBreakerSettings) -> Self {
+        Self::with_clock(settings, MonotonicClock::new())
+    }
+}
+
+impl<C: Clock> CircuitBreaker<C> {
+    pub fn with_clock(settings: CircuitBreakerSettings, clock: C) -> Self {
+        Self {
+            settings,
+            clock,
+            inner: Mutex::new(Inner {
+                state: CircuitState::Closed,
+                consecutive_failures: 0,
+                successes: 0,
+                rejected: 0,
+                opened_at: Duration::ZERO,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("circuit breaker lock poisoned")
+    }
+
+    /// Asks to make a call. Fails fast while OPEN, and while HALF_OPEN with a probe in flight.
+    pub fn try_acquire(&self) -> Result<Permit<'_, C>, CircuitOpen> {
+        let mut inner = self.lock();
+        let allowed = match inner.state {
+            CircuitState::Closed => true,
+            CircuitState::HalfOpen => false,
+            CircuitState::Open => {
+                let probe_due = self.clock.now() >= inner.opened_at + self.settings.reset_timeout;
+                if probe_due {
+                    self.transition(&mut inner, CircuitState::HalfOpen);
+                }
+                probe_due
+            }
+        };
+        if allowed {
+            Ok(Permit {
+                breaker: self,
+                reported: false,
+            })
+        } else {
+            inner.rejected += 1;
+            Err(CircuitOpen)
+        }
+    }
+
+    fn record(&self, success: bool) {
+        let mut inner = self.lock();
+        if success {
+            inner.successes += 1;
+            inner.consecutive_failures = 0;
+            // A late success from a call admitted before the circuit opened proves little;
+            // only the probe closes it.
+            if inner.state == CircuitState::HalfOpen {
+                self.transition(&mut inner, CircuitState::Closed);
+            }
+            return;
+        }
+        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+        let trips = match inner.state {
+            CircuitState::HalfOpen => true,
+            CircuitState::Closed => inner.consecutive_failures >= self.settings.failure_threshold,
+            // A call admitted before another one tripped the circuit: it is already open.
+            CircuitState::Open => false,
+        };
+        if trips {
+            inner.opened_at = self.clock.now();
+            self.transition(&mut inner, CircuitState::Open);
+        }
+    }
+
+    fn transition(&self, inner: &mut Inner, to: CircuitState) {
+        tracing::info!(from = ?inner.state, to = ?to, "circuit breaker state change");
+        inner.state = to;
+    }
+
+    pub fn status(&self) -> BreakerStatus {
+        let inner = self.lock();
+        let seconds_until_probe = (inner.state == CircuitState::Open).then(|| {
+            (inner.opened_at + self.settings.reset_timeout)
+                .saturating_sub(self.clock.now())
+                .as_secs_f64()
+        });
+        BreakerStatus {
+            state: inner.state,
+            failure_count: inner.consecutive_failures,
+            success_count: inner.successes,
+            rejected_count: inner.rejected,
+            failure_threshold: self.settings.failure_threshold,
+            reset_timeout_seconds: self.settings.reset_timeout.as_secs_f64(),
+            seconds_until_probe,
+        }
+    }
+}
+
+impl<C: Clock> Permit<'_, C> {
+    pub fn succeeded(mut self) {
+        self.reported = true;
+        self.breaker.record(true);
+    }
+
+    pub fn failed(mut self) {
+        self.reported = true;
+        self.breaker.record(false);
+    }
+}
+
+impl<C: Clock> Drop for Permit<'_, C> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.record(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn breaker() -> (CircuitBreaker<Arc<ManualClock>>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let settings = CircuitBreakerSettings {
+            failure_threshold: 3,
+            reset_timeout: Duration::from_secs(30),
+        };
+        (CircuitBreaker::with_clock(settings, clock.clone()), clock)
+    }
+
+    fn fail_times(breaker: &CircuitBreaker<Arc<ManualClock>>, times: usize) {
+        for _ in 0..times {
+            breaker.try_acquire().expect("call allowed").failed();
+        }
+    }
+
+    #[test]
+    fn it_opens_after_the_threshold_of_consecutive_failures() {
+        let (breaker, _clock) = breaker();
+        fail_times(&breaker, 2);
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        assert_eq!(breaker.status().failure_count, 2);
+        fail_times(&breaker, 1);
+        assert_eq!(breaker.status().state, CircuitState::Open);
+        assert_eq!(breaker.try_acquire().err(), Some(CircuitOpen));
+        assert_eq!(breaker.status().rejected_count, 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_consecutive_failure_count() {
+        let (breaker, _clock) = breaker();
+        fail_times(&breaker, 2);
+        breaker.try_acquire().unwrap().succeeded();
+        fail_times(&breaker, 2);
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        assert_eq!(breaker.status().success_count, 1);
+    }
+
+    #[test]
+    fn it_fails_fast_until_the_reset_timeout_then_lets_exactly_one_probe_through() {
+        let (breaker, clock) = breaker();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(29));
+        assert!(breaker.try_acquire().is_err());
+        assert_eq!(breaker.status().seconds_until_probe, Some(1.0));
+        clock.advance(Duration::from_secs(1));
+        let probe = breaker.try_acquire().expect("probe allowed");
+        assert_eq!(breaker.status().state, CircuitState::HalfOpen);
+        for _ in 0..5 {
+            assert!(breaker.try_acquire().is_err(), "only one probe at a time");
+        }
+        probe.succeeded();
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        assert_eq!(breaker.status().failure_count, 0);
+        assert!(breaker.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn a_failed_probe_opens_the_circuit_for_another_timeout() {
+        let (breaker, clock) = breaker();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(30));
+        breaker.try_acquire().unwrap().failed();
+        assert_eq!(breaker.status().state, CircuitState::Open);
+        clock.advance(Duration::from_secs(29));
+        assert!(breaker.try_acquire().is_err());
+        clock.advance(Duration::from_secs(1));
+        assert!(breaker.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn an_abandoned_probe_counts_as_a_failure() {
+        let (breaker, clock) = breaker();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(30));
+        drop(breaker.try_acquire().unwrap());
+        assert_eq!(breaker.status().state, CircuitState::Open);
+    }
+
+    #[test]
+    fn failures_of_calls_admitted_before_the_trip_do_not_extend_the_open_period() {
+        let (breaker, clock) = breaker();
+        let late = breaker.try_acquire().unwrap();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(10));
+        late.failed();
+        clock.advance(Duration::from_secs(20));
+        assert!(breaker.try_acquire().is_ok());
+    }
+}

@@ -1,0 +1,286 @@
+//! Settings from environment variables. The names are the seed's, so its deployments carry over.
+
+use std::{net::IpAddr, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {name}: {value:?} ({reason})")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// An address or host name to listen on.
+    pub host: String,
+    pub port: u16,
+    pub database_url: String,
+    pub redis_url: String,
+    pub cache_ttl: Duration,
+    pub rate_limit: RateLimitSettings,
+    pub circuit_breaker: CircuitBreakerSettings,
+    pub external_service: ExternalServiceSettings,
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitSettings {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitBreakerSettings {
+    pub failure_threshold: u32,
+    pub reset_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ExternalServiceSettings {
+    pub failure_rate: f64,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment (after a `.env` file, when one is present).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env file is the normal case in containers.
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from any variable source, so parsing is testable without touching
+    /// the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let redis_url = match env.get("REDIS_URL") {
+            Some(url) => url,
+            None => format!(
+                "redis://{}:{}/{}",
+                env.get("REDIS_HOST").unwrap_or_else(|| "localhost".into()),
+                env.parse::<u16>("REDIS_PORT", 6379)?,
+                env.parse::<u8>("REDIS_DB", 0)?,
+            ),
+        };
+        let log_filter = env
+            .get("RUST_LOG")
+            .or_else(|| env.get("LOG_LEVEL").map(|level| level.to_lowercase()))
+            .unwrap_or_else(|| "info".into());
+        Ok(Self {
+            host: env.get("APP_HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port: env.parse("APP_PORT", 8000)?,
+            database_url: env
+                .get("DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres:postgres@localhost:5432/analytics".into()),
+            redis_url,
+            cache_ttl: Duration::from_secs(env.positive::<u64>("CACHE_TTL_SECONDS", 300)?),
+            rate_limit: RateLimitSettings {
+                requests: env.positive("RATE_LIMIT_REQUESTS", 10)?,
+                window: Duration::from_secs(env.positive::<u64>("RATE_LIMIT_WINDOW_SECONDS", 60)?),
+            },
+            circuit_breaker: CircuitBreakerSettings {
+                failure_threshold: env.positive("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
+                reset_timeout: env.seconds("CIRCUIT_BREAKER_RESET_TIMEOUT", 30.0)?,
+            },
+            external_service: ExternalServiceSettings {
+                failure_rate: env.probability("EXTERNAL_SERVICE_FAILURE_RATE", 0.1)?,
+                timeout: env.seconds("EXTERNAL_SERVICE_TIMEOUT", 5.0)?,
+            },
+            trusted_proxies: env.trusted_proxies("TRUSTED_PROXIES")?,
+            log_filter,
+        })
+    }
+}
+
+/// Variable lookup with parsing that names the variable and value on failure.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// A set variable; an empty value counts as unset, as with docker-compose's `${VAR:-}`.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn invalid(name: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+        ConfigError {
+            name,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|e| Self::invalid(name, &raw, e)),
+        }
+    }
+
+    fn positive<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Default + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if value > T::default() {
+            Ok(value)
+        } else {
+            Err(Self::invalid(
+                name,
+                &self.get(name).unwrap_or_default(),
+                "must be greater than 0",
+            ))
+        }
+    }
+
+    /// Seconds as a number, fractions allowed (the seed accepted floats).
+    fn seconds(&self, name: &'static str, default: f64) -> Result<Duration, ConfigError> {
+        let seconds: f64 = self.parse(name, default)?;
+        if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 {
+            Ok(Duration::from_secs_f64(seconds))
+        } else {
+            Err(Self::invalid(
+                name,
+                &self.get(name).unwrap_or_default(),
+                "must be a number of seconds greater than 0 and at most 86400",
+            ))
+        }
+    }
+
+    fn probability(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let value: f64 = self.parse(name, default)?;
+        if (0.0..=1.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(Self::invalid(
+                name,
+                &self.get(name).unwrap_or_default(),
+                "must be between 0 and 1",
+            ))
+        }
+    }
+
+    /// Comma-separated IP addresses or CIDR blocks.
+    fn trusted_proxies(&self, name: &'static str) -> Result<Vec<IpNet>, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        Self::invalid(
+                            name,
+                            &raw,
+                            format!("{entry:?} is not an IP address or CIDR block"),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn every_variable_has_the_seeds_default() {
+        let s = settings(&[]).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("0.0.0.0", 8000));
+        assert_eq!(
+            s.database_url,
+            "postgres://postgres:postgres@localhost:5432/analytics"
+        );
+        assert_eq!(s.redis_url, "redis://localhost:6379/0");
+        assert_eq!(s.cache_ttl, Duration::from_secs(300));
+        assert_eq!(s.rate_limit.requests, 10);
+        assert_eq!(s.rate_limit.window, Duration::from_secs(60));
+        assert_eq!(s.circuit_breaker.failure_threshold, 5);
+        assert_eq!(s.circuit_breaker.reset_timeout, Duration::from_secs(30));
+        assert_eq!(s.external_service.failure_rate, 0.1);
+        assert_eq!(s.external_service.timeout, Duration::from_secs(5));
+        assert!(s.trusted_proxies.is_empty());
+        assert_eq!(s.log_filter, "info");
+    }
+
+    #[test]
+    fn redis_url_is_built_from_the_seeds_host_port_and_db_when_unset() {
+        let s = settings(&[
+            ("REDIS_HOST", "cache"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis_url, "redis://cache:6380/2");
+        let s = settings(&[("REDIS_URL", "redis://other:1/3"), ("REDIS_HOST", "cache")]).unwrap();
+        assert_eq!(s.redis_url, "redis://other:1/3");
+    }
+
+    #[test]
+    fn log_level_is_accepted_when_rust_log_is_unset() {
+        assert_eq!(
+            settings(&[("LOG_LEVEL", "DEBUG")]).unwrap().log_filter,
+            "debug"
+        );
+        let both = settings(&[("LOG_LEVEL", "DEBUG"), ("RUST_LOG", "warn")]).unwrap();
+        assert_eq!(both.log_filter, "warn");
+    }
+
+    #[test]
+    fn fractional_seconds_and_proxy_lists_parse() {
+        let s = settings(&[
+            ("CIRCUIT_BREAKER_RESET_TIMEOUT", "0.5"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1"),
+        ])
+        .unwrap();
+        assert_eq!(s.circuit_breaker.reset_timeout, Duration::from_millis(500));
+        assert_eq!(s.trusted_proxies.len(), 3);
+        assert!(s.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_variable_and_the_value() {
+        for (name, value) in [
+            ("APP_PORT", "eighty"),
+            ("APP_PORT", "70000"),
+            ("RATE_LIMIT_REQUESTS", "0"),
+            ("RATE_LIMIT_WINDOW_SECONDS", "-5"),
+            ("CACHE_TTL_SECONDS", "1.5"),
+            ("EXTERNAL_SERVICE_FAILURE_RATE", "1.5"),
+            ("EXTERNAL_SERVICE_TIMEOUT", "0"),
+            ("CIRCUIT_BREAKER_RESET_TIMEOUT", "NaN"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"),
+        ] {
+            let err = settings(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name);
+            let message = err.to_string();
+            assert!(
+                message.contains(name) && message.contains(value),
+                "{message}"
+            );
+        }
+    }
+}

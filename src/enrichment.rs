@@ -1,0 +1,143 @@
+//! The simulated external enrichment service (kept in process, as in the seed) and the client
+//! that calls it through the circuit breaker with a timeout.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use chrono::Utc;
+use rand::Rng;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    circuit_breaker::{BreakerStatus, CircuitBreaker},
+    config::ExternalServiceSettings,
+};
+
+/// What the service returns for a metric type: a reference baseline to compare against.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct EnrichmentData {
+    pub source: String,
+    pub metric_type: String,
+    /// A typical value for this type of metric.
+    pub baseline_value: f64,
+    /// Values above this are unusual for this type.
+    pub alert_threshold: f64,
+    pub fetched_at: chrono::DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    #[error("the external service failed")]
+    Failed,
+    #[error("the external service did not answer in time")]
+    TimedOut,
+}
+
+/// The outcome of a guarded call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enrichment {
+    Ok(EnrichmentData),
+    Failed(CallFailure),
+    CircuitOpen,
+}
+
+/// Stands in for a remote service: 50–150 ms per call, failing with a probability that can be
+/// changed at run time (the seed's `set_failure_rate`).
+pub struct SimulatedService {
+    /// An f64 stored as bits, so the rate can change without a lock.
+    failure_rate: AtomicU64,
+}
+
+impl SimulatedService {
+    pub fn new(failure_rate: f64) -> Self {
+        Self {
+            failure_rate: AtomicU64::new(failure_rate.to_bits()),
+        }
+    }
+
+    pub fn failure_rate(&self) -> f64 {
+        f64::from_bits(self.failure_rate.load(Ordering::Relaxed))
+    }
+
+    /// `rate` must be within 0..=1; the HTTP layer validates it.
+    pub fn set_failure_rate(&self, rate: f64) {
+        self.failure_rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    async fn fetch(&self, metric_type: &str) -> Result<EnrichmentData, CallFailure> {
+        let (latency, fails) = {
+            let mut rng = rand::rng();
+            let latency = Duration::from_millis(rng.random_range(50..=150));
+            (latency, rng.random::<f64>() < self.failure_rate())
+        };
+        tokio::time::sleep(latency).await;
+        if fails {
+            return Err(CallFailure::Failed);
+        }
+        // A stable pseudo-baseline per type, so repeated calls agree.
+        let mut hasher = DefaultHasher::new();
+        metric_type.hash(&mut hasher);
+        let baseline = (hasher.finish() % 10_000) as f64 / 100.0;
+        Ok(EnrichmentData {
+            source: "simulated-external-service".into(),
+            metric_type: metric_type.into(),
+            baseline_value: baseline,
+            alert_threshold: baseline * 1.5,
+            fetched_at: Utc::now(),
+        })
+    }
+}
+
+pub struct EnrichmentClient {
+    service: SimulatedService,
+    breaker: CircuitBreaker,
+    timeout: Duration,
+}
+
+impl EnrichmentClient {
+    pub fn new(
+        service: SimulatedService,
+        breaker: CircuitBreaker,
+        settings: ExternalServiceSettings,
+    ) -> Self {
+        Self {
+            service,
+            breaker,
+            timeout: settings.timeout,
+        }
+    }
+
+    pub fn service(&self) -> &SimulatedService {
+        &self.service
+    }
+
+    pub fn breaker_status(&self) -> BreakerStatus {
+        self.breaker.status()
+    }
+
+    /// Calls the service unless the circuit is open; a call slower than the timeout fails.
+    #[tracing::instrument(skip(self))]
+    pub async fn enrich(&self, metric_type: &str) -> Enrichment {
+        let Ok(permit) = self.breaker.try_acquire() else {
+            return Enrichment::CircuitOpen;
+        };
+        let outcome = tokio::time::timeout(self.timeout, self.service.fetch(metric_type))
+            .await
+            .unwrap_or(Err(CallFailure::TimedOut));
+        match outcome {
+            Ok(data) => {
+                permit.succeeded();
+                Enrichment::Ok(data)
+            }
+            Err(failure) => {
+                permit.failed();
+                tracing::debug!(%failure, "enrichment call failed");
+                Enrichment::Failed(failure)
+            }
+        }
+    }
+}

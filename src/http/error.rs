@@ -1,0 +1,149 @@
+//! The one place where errors become HTTP responses, all with the same body.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{enrichment::CallFailure, metric::FieldError, storage::StorageError};
+
+/// Clients are asked to come back after this long when a dependency is down.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub(super) type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request failed validation")]
+    Validation(Vec<FieldError>),
+    #[error("invalid query parameters")]
+    InvalidQuery(Vec<FieldError>),
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the body must be sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("rate limit exceeded; retry in {} s", retry_after_secs(*.retry_after))]
+    RateLimited { retry_after: Duration },
+    #[error("a dependency is unavailable; retry shortly")]
+    Unavailable,
+    #[error("the external service call failed: {0}")]
+    ExternalService(CallFailure),
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed for this resource")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code, e.g. VALIDATION_ERROR.
+    pub code: &'static str,
+    pub message: String,
+    pub timestamp: DateTime<Utc>,
+    /// One entry per offending field, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// Whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "INVALID_QUERY"),
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "MALFORMED_JSON"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Self::ExternalService(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "EXTERNAL_SERVICE_UNAVAILABLE",
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(retry_after_secs(*retry_after)),
+            Self::Unavailable | Self::ExternalService(_) => {
+                Some(retry_after_secs(UNAVAILABLE_RETRY_AFTER))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                Self::Unavailable
+            }
+            StorageError::Query(error) => Self::Internal(error.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(error) = &self {
+            // Details go to the log, never to the client.
+            tracing::error!(error = %error, "internal error");
+        }
+        let retry_after = self.retry_after();
+        let message = self.to_string();
+        let errors = match self {
+            Self::Validation(errors) | Self::InvalidQuery(errors) => Some(errors),
+            _ => None,
+        };
+        let body = ErrorBody {
+            code,
+            message,
+            timestamp: Utc::now(),
+            errors,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(300)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(6_001)), 7);
+        assert_eq!(retry_after_secs(Duration::from_secs(6)), 6);
+    }
+}

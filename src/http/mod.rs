@@ -1,0 +1,75 @@
+//! The HTTP layer: routes, extractors, the rate-limit middleware and the error body.
+
+mod error;
+mod external;
+mod extract;
+mod health;
+mod metrics;
+mod rate_limit;
+
+use std::sync::Arc;
+
+use axum::{Router, extract::DefaultBodyLimit, middleware};
+use ipnet::IpNet;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::{ApiError, ErrorBody};
+
+use crate::{
+    cache::SummaryCache, enrichment::EnrichmentClient, rate_limiter::RateLimiter,
+    redis_connection::RedisConnection, storage::Storage,
+};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Storage,
+    pub redis: RedisConnection,
+    pub cache: Arc<SummaryCache>,
+    pub rate_limiter: Arc<RateLimiter>,
+    pub enrichment: Arc<EnrichmentClient>,
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Resilient Analytics API",
+        description = "Takes in metric points, stores them in PostgreSQL and answers summaries \
+                       computed by SQL aggregation, behind a Redis rate limiter and cache and a \
+                       circuit breaker around the external enrichment service."
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// The whole application: API routes, `/openapi.json` and `/docs`.
+pub fn router(state: AppState) -> Router {
+    let rate_limited = OpenApiRouter::new()
+        .routes(routes!(metrics::create_metric))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_by_client,
+        ));
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::root))
+        .routes(routes!(health::health))
+        .routes(routes!(health::live))
+        .merge(rate_limited)
+        .routes(routes!(metrics::summary))
+        .routes(routes!(metrics::list))
+        .routes(routes!(external::call_external))
+        .routes(routes!(external::set_failure_rate))
+        .routes(routes!(external::breaker_status))
+        .split_for_parts();
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,17 @@
+//! Resilient Analytics: metric points stored in PostgreSQL, summarised by SQL aggregation,
+//! behind a Redis rate limiter and read-through cache, with a circuit breaker around the
+//! external enrichment service.
+
+pub mod cache;
+pub mod circuit_breaker;
+pub mod clock;
+pub mod config;
+pub mod enrichment;
+pub mod healthcheck;
+pub mod http;
+pub mod metric;
+pub mod rate_limiter;
+pub mod redis_connection;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use resilient_analytics::{config::Settings, healthcheck, startup::Application, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {}
+        Some("healthcheck") => {
+            return if healthcheck::probe(settings.port) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: resilient-analytics [serve|healthcheck]");
+            return ExitCode::from(2);
+        }
+    }
+    telemetry::init(&settings.log_filter, std::io::stdout);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! PostgreSQL: the pool, migrations, and every SQL statement the service runs.
+
+mod metrics;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use metrics::StoredMetric;
+
+/// A request waits at most this long for a connection, so an outage is a prompt 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound for one statement including the wait for a connection.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIGRATION_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// PostgreSQL cannot be reached, or the schema is not in place yet.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        let unavailable = match &error {
+            PoolTimedOut | PoolClosed | Io(_) | Tls(_) | Protocol(_) | WorkerCrashed => true,
+            // Class 08: connection exception; 57P0x: shutdown or not yet accepting connections;
+            // 53: insufficient resources.
+            Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+            }),
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Query(error)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    pool: PgPool,
+    migrated: Arc<AtomicBool>,
+}
+
+impl Storage {
+    /// Creates the pool without connecting: the service starts even while PostgreSQL is down.
+    pub fn connect_lazy(url: &str) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            migrated: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Applies migrations in the background, retrying until PostgreSQL answers. Until then
+    /// every query is refused as unavailable.
+    pub fn spawn_migrations(&self) -> tokio::task::JoinHandle<()> {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::migrate!().run(&storage.pool).await {
+                    Ok(()) => {
+                        storage.migrated.store(true, Ordering::Release);
+                        tracing::info!("database migrations applied");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "migrations not applied yet; retrying");
+                        tokio::time::sleep(MIGRATION_RETRY_DELAY).await;
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.load(Ordering::Acquire)
+    }
+
+    /// Whether PostgreSQL answers a trivial query within a second.
+    pub async fn ping(&self) -> bool {
+        let ping = sqlx::query_scalar!(r#"select 1 as "one!""#).fetch_one(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(1))
+        )
+    }
+
+    /// Runs one statement with the schema in place, bounded in time.
+    async fn run<T>(
+        &self,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StorageError> {
+        if !self.is_migrated() {
+            return Err(StorageError::Unavailable(
+                "migrations have not been applied yet".into(),
+            ));
+        }
+        tokio::time::timeout(STATEMENT_TIMEOUT, statement)
+            .await
+            .map_err(|_| StorageError::Unavailable("statement timed out".into()))?
+            .map_err(StorageError::from)
+    }
+}
