@@ -1,0 +1,41 @@
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_the_error_body() {
+    let app = spawn_app().await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/", "get"),
+        ("/health", "get"),
+        ("/health/live", "get"),
+        ("/api/metrics", "post"),
+        ("/api/metrics/summary", "get"),
+        ("/api/metrics/list", "get"),
+        ("/api/external", "get"),
+        ("/api/external/failure-rate", "put"),
+        ("/api/circuit-breaker/status", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["paths"]["/api/metrics"]["post"]["responses"]["429"].is_object());
+}
+
+#[tokio::test]
+async fn docs_serve_an_html_page() {
+    let app = spawn_app().await;
+    let response = app.get("/docs/").await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.to_lowercase().contains("<html"), "{html}");
+    // /docs itself leads there.
+    assert_eq!(app.get("/docs").await.status(), 200);
+}

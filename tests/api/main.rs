@@ -1,0 +1,12 @@
+//! Integration tests: the real server over HTTP against real PostgreSQL and Redis.
+
+mod helpers;
+
+mod circuit_breaker;
+mod docs;
+mod health;
+mod ingest;
+mod list;
+mod outages;
+mod rate_limit;
+mod summary;

@@ -1,0 +1,296 @@
+//! Dependencies failing and coming back while the server runs: Redis, PostgreSQL, and a
+//! server that starts before its database.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Response, StatusCode};
+use resilient_analytics::startup::Application;
+use serde_json::Value;
+
+use crate::helpers::{
+    TestApp, eventually, free_port, http_client, metric, spawn_app, spawn_app_with, start_postgres,
+    start_redis, test_settings,
+};
+
+/// "A few seconds": an outage must be answered well before this.
+const PROMPT: Duration = Duration::from_secs(6);
+
+async fn health(app_url: &str, client: &reqwest::Client) -> (StatusCode, Value) {
+    let response = client
+        .get(format!("{app_url}/health"))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+fn header_u64(response: &Response, name: &str) -> u64 {
+    response.headers()[name].to_str().unwrap().parse().unwrap()
+}
+
+/// Checks a 503 that says the database is unavailable and tells the client when to retry.
+async fn assert_service_unavailable(response: Response) {
+    assert_eq!(response.status(), 503);
+    assert!(header_u64(&response, "retry-after") >= 1);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "SERVICE_UNAVAILABLE", "{body}");
+}
+
+async fn listed_values(app: &TestApp, metric_type: &str) -> Vec<f64> {
+    let response = app
+        .get(&format!("/api/metrics/list?type={metric_type}"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let list: Vec<Value> = response.json().await.unwrap();
+    list.iter()
+        .map(|point| point["value"].as_f64().unwrap())
+        .collect()
+}
+
+/// Makes Redis write its data to disk, so a restarted container still holds the cache (the
+/// stand-in image runs without persistence).
+async fn persist_redis(app: &TestApp) {
+    let client = redis::Client::open(app.settings.redis_url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SAVE")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn while_redis_is_down_writes_succeed_under_a_local_limit_and_health_is_degraded() {
+    let app = spawn_app_with(|settings| settings.rate_limit.requests = 3).await;
+
+    app.redis.stop_with_timeout(Some(0)).await.unwrap();
+
+    for value in [1.0, 2.0, 3.0] {
+        let response = app.post_metric("cpu", value).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "a Redis outage must not fail writes"
+        );
+    }
+    // The in-process fallback keeps the same limit: no unlimited writes during the outage.
+    let limited = app.post_metric("cpu", 4.0).await;
+    assert_eq!(limited.status(), 429);
+    assert!(header_u64(&limited, "retry-after") >= 1);
+    assert_eq!(app.count_rows("cpu").await, 3);
+
+    let (status, body) = health(&app.address, &app.client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["redis_connected"], false);
+    assert_eq!(body["database_connected"], true);
+
+    for _ in 0..2 {
+        let (status, cache, summary) = app.summary("type=cpu").await;
+        assert_eq!(status, 200, "{summary}");
+        assert_eq!(
+            cache.as_deref(),
+            Some("MISS"),
+            "nothing is cached without Redis"
+        );
+        assert_eq!(summary["count"], 3);
+        assert_eq!(summary["latest_value"], 3.0);
+    }
+
+    app.redis.start().await.unwrap();
+    app.wait_for_health("healthy", Duration::from_secs(10))
+        .await;
+
+    // The cache works again: a read stores the summary, the next one is served from Redis.
+    let cached = eventually(Duration::from_secs(5), || async {
+        let (_, cache, summary) = app.summary("type=cpu").await;
+        (cache.as_deref() == Some("HIT")).then_some(summary)
+    })
+    .await
+    .expect("the cache did not come back with Redis");
+    assert_eq!(cached["count"], 3);
+    // The limiter is back on Redis, which has never seen this client, where the local limiter
+    // would still refuse it.
+    let admitted = eventually(Duration::from_secs(5), || async {
+        (app.post_metric("cpu", 5.0).await.status() == 201).then_some(())
+    })
+    .await;
+    assert!(admitted.is_some(), "the limiter did not go back to Redis");
+}
+
+#[tokio::test]
+async fn a_write_made_while_redis_was_down_shows_in_the_summary_once_redis_is_back() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_metric("cpu", 1.0).await.status(), 201);
+    // A type untouched during the outage, to show the cache survives the restart.
+    assert_eq!(app.post_metric("control", 5.0).await.status(), 201);
+    for metric_type in ["cpu", "control"] {
+        let query = format!("type={metric_type}");
+        assert_eq!(app.summary(&query).await.1.as_deref(), Some("MISS"));
+        assert_eq!(app.summary(&query).await.1.as_deref(), Some("HIT"));
+    }
+    persist_redis(&app).await;
+
+    app.redis.stop_with_timeout(Some(0)).await.unwrap();
+    assert_eq!(app.post_metric("cpu", 2.0).await.status(), 201);
+    app.redis.start().await.unwrap();
+    app.wait_for_health("healthy", Duration::from_secs(10))
+        .await;
+
+    // Without this the test would prove nothing: the old cached summaries are still there.
+    let control = eventually(Duration::from_secs(5), || async {
+        let (_, cache, summary) = app.summary("type=control").await;
+        (cache.as_deref() == Some("HIT")).then_some(summary)
+    })
+    .await
+    .expect("the cache did not survive the Redis restart");
+    assert_eq!(control["count"], 1);
+
+    let (status, _, summary) = app.summary("type=cpu").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        summary["count"], 2,
+        "a stale summary from before the outage: {summary}"
+    );
+    assert_eq!(summary["latest_value"], 2.0);
+    let (_, cache, cached) = app.summary("type=cpu").await;
+    assert_eq!(cache.as_deref(), Some("HIT"));
+    assert_eq!(cached["count"], 2);
+}
+
+#[tokio::test]
+async fn while_postgresql_is_down_requests_get_a_prompt_503_and_writes_recover_without_a_restart() {
+    // The recovery loop posts repeatedly.
+    let app = spawn_app_with(|settings| settings.rate_limit.requests = 1000).await;
+    assert_eq!(app.post_metric("cpu", 1.0).await.status(), 201);
+
+    app.postgres.stop_with_timeout(Some(0)).await.unwrap();
+
+    let started = Instant::now();
+    let refused = app.post_metric("cpu", 2.0).await;
+    let elapsed = started.elapsed();
+    assert_service_unavailable(refused).await;
+    assert!(elapsed < PROMPT, "the write hung for {elapsed:?}");
+    let started = Instant::now();
+    assert_service_unavailable(app.get("/api/metrics/summary?type=cpu").await).await;
+    assert_service_unavailable(app.get("/api/metrics/list?type=cpu").await).await;
+    assert!(
+        started.elapsed() < 2 * PROMPT,
+        "reads hung for {:?}",
+        started.elapsed()
+    );
+
+    let (status, body) = health(&app.address, &app.client).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["database_connected"], false);
+    assert_eq!(body["redis_connected"], true);
+    assert_eq!(app.get("/health/live").await.status(), 200);
+
+    app.postgres.start().await.unwrap();
+
+    let recovered = eventually(Duration::from_secs(30), || async {
+        (app.post_metric("cpu", 3.0).await.status() == 201).then_some(())
+    })
+    .await;
+    assert!(recovered.is_some(), "writes did not recover within 30 s");
+    // The point written before the outage is still there; the refused one never was.
+    assert_eq!(listed_values(&app, "cpu").await, [3.0, 1.0]);
+    assert_eq!(app.count_rows("cpu").await, 2);
+    app.wait_for_health("healthy", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_server_starts_before_postgresql_and_migrates_once_it_answers() {
+    let (pg_port, redis_port) = (free_port(), free_port());
+    let _redis = start_redis(redis_port).await;
+    let mut settings = test_settings(pg_port, redis_port);
+    settings.rate_limit.requests = 1000;
+
+    let application = Application::build(settings.clone())
+        .await
+        .expect("the server must start without its database");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let server = tokio::spawn(application.run_until(std::future::pending()));
+    let client = http_client();
+    let post = || {
+        client
+            .post(format!("{address}/api/metrics"))
+            .json(&metric("cpu", 1.0))
+            .send()
+    };
+
+    let live = client
+        .get(format!("{address}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let (status, body) = health(&address, &client).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["database_connected"], false);
+    let started = Instant::now();
+    assert_service_unavailable(post().await.unwrap()).await;
+    assert!(
+        started.elapsed() < PROMPT,
+        "the write hung for {:?}",
+        started.elapsed()
+    );
+
+    // The database appears at the address the server was given.
+    let _postgres = start_postgres(pg_port).await;
+
+    let stored = eventually(Duration::from_secs(30), || async {
+        let response = post().await.ok()?;
+        (response.status() == 201).then_some(())
+    })
+    .await;
+    assert!(
+        stored.is_some(),
+        "writes did not succeed within 30 s of the database starting"
+    );
+    let (status, body) = health(&address, &client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "healthy");
+    // The schema was created by the server's migrations, and the row committed.
+    let pool = sqlx::PgPool::connect(&settings.database_url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from metrics where metric_type = 'cpu'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    pool.close().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn stored_points_survive_a_server_restart() {
+    let mut app = spawn_app().await;
+    let mut ids = Vec::new();
+    for value in [1.0, 2.0, 3.0] {
+        let response = app.post_metric("cpu", value).await;
+        assert_eq!(response.status(), 201);
+        ids.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+
+    app.restart_server().await;
+
+    let response = app.get("/api/metrics/list?type=cpu").await;
+    assert_eq!(response.status(), 200);
+    let listed: Vec<Value> = response.json().await.unwrap();
+    let listed_ids: Vec<i64> = listed
+        .iter()
+        .map(|point| point["id"].as_i64().unwrap())
+        .collect();
+    ids.reverse(); // newest first
+    assert_eq!(listed_ids, ids);
+    let (status, _, summary) = app.summary("type=cpu").await;
+    assert_eq!(status, 200);
+    assert_eq!(summary["count"], 3);
+    assert_eq!(summary["average_value"], 2.0);
+    assert_eq!(summary["latest_value"], 3.0);
+}
