@@ -61,6 +61,7 @@ impl SummaryCache {
     /// Looks a summary up. `Miss(None)` means the cache cannot be used for this type now.
     pub async fn lookup(&self, metric_type: &str, period: Period) -> Lookup {
         if !self.retry_pending_bumps().await && self.is_pending(metric_type) {
+            metrics::counter!("summary_cache_requests_total", "result" => "miss").increment(1);
             return Lookup::Miss(None);
         }
         let key_prefix = format!("summary:{metric_type}:{}:g", period.as_str());
@@ -77,7 +78,7 @@ impl SummaryCache {
                     .await
             })
             .await;
-        match found {
+        let lookup = match found {
             Ok((_, Some(json))) => match serde_json::from_str(&json) {
                 Ok(summary) => Lookup::Hit(Box::new(summary)),
                 Err(error) => {
@@ -89,7 +90,14 @@ impl SummaryCache {
                 key: format!("{key_prefix}{generation}"),
             })),
             Err(_) => Lookup::Miss(None),
-        }
+        };
+        let result = if matches!(lookup, Lookup::Hit(_)) {
+            "hit"
+        } else {
+            "miss"
+        };
+        metrics::counter!("summary_cache_requests_total", "result" => result).increment(1);
+        lookup
     }
 
     /// Stores a summary for at most `ttl` (shorter than the configured TTL when asked).

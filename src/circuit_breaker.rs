@@ -21,6 +21,25 @@ pub enum CircuitState {
     HalfOpen,
 }
 
+impl CircuitState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    /// The `circuit_breaker_state` gauge's encoding.
+    fn gauge_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+}
+
 /// What `GET /api/circuit-breaker/status` reports.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BreakerStatus {
@@ -74,6 +93,7 @@ impl CircuitBreaker {
 
 impl<C: Clock> CircuitBreaker<C> {
     pub fn with_clock(settings: CircuitBreakerSettings, clock: C) -> Self {
+        metrics::gauge!("circuit_breaker_state").set(CircuitState::Closed.gauge_value());
         Self {
             settings,
             clock,
@@ -143,6 +163,13 @@ impl<C: Clock> CircuitBreaker<C> {
 
     fn transition(&self, inner: &mut Inner, to: CircuitState) {
         tracing::info!(from = ?inner.state, to = ?to, "circuit breaker state change");
+        metrics::counter!(
+            "circuit_breaker_transitions_total",
+            "from" => inner.state.as_str(),
+            "to" => to.as_str(),
+        )
+        .increment(1);
+        metrics::gauge!("circuit_breaker_state").set(to.gauge_value());
         inner.state = to;
     }
 

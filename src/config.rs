@@ -25,6 +25,29 @@ pub struct Settings {
     pub external_service: ExternalServiceSettings,
     pub trusted_proxies: Vec<IpNet>,
     pub log_filter: String,
+    pub log_format: LogFormat,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Bounds on how long a request, a slow client or a shutdown may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the request's arrival to its response.
+    pub request: Duration,
+    /// For a client to send its request headers (also bounds idle keep-alive connections).
+    pub header_read: Duration,
+    /// For a client to send its request body.
+    pub body_read: Duration,
+    /// For in-flight requests to finish after SIGTERM or SIGINT.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +115,23 @@ impl Settings {
             },
             trusted_proxies: env.trusted_proxies("TRUSTED_PROXIES")?,
             log_filter,
+            log_format: match env.get("LOG_FORMAT").map(|f| f.to_lowercase()).as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(_) => {
+                    return Err(Env::invalid(
+                        "LOG_FORMAT",
+                        &env.get("LOG_FORMAT").unwrap_or_default(),
+                        "must be text or json",
+                    ));
+                }
+            },
+            timeouts: Timeouts {
+                request: env.seconds("REQUEST_TIMEOUT_SECONDS", 30.0)?,
+                header_read: env.seconds("HEADER_READ_TIMEOUT_SECONDS", 10.0)?,
+                body_read: env.seconds("BODY_READ_TIMEOUT_SECONDS", 10.0)?,
+                shutdown_grace: env.seconds("SHUTDOWN_GRACE_PERIOD_SECONDS", 30.0)?,
+            },
         })
     }
 }
@@ -224,6 +264,15 @@ mod tests {
         assert_eq!(s.external_service.timeout, Duration::from_secs(5));
         assert!(s.trusted_proxies.is_empty());
         assert_eq!(s.log_filter, "info");
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.timeouts.request, Duration::from_secs(30));
+        assert_eq!(s.timeouts.header_read, Duration::from_secs(10));
+        assert_eq!(s.timeouts.body_read, Duration::from_secs(10));
+        assert_eq!(s.timeouts.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(
+            settings(&[("LOG_FORMAT", "JSON")]).unwrap().log_format,
+            LogFormat::Json
+        );
     }
 
     #[test]
@@ -273,6 +322,8 @@ mod tests {
             ("EXTERNAL_SERVICE_TIMEOUT", "0"),
             ("CIRCUIT_BREAKER_RESET_TIMEOUT", "NaN"),
             ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"),
+            ("LOG_FORMAT", "xml"),
+            ("SHUTDOWN_GRACE_PERIOD_SECONDS", "-1"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);

@@ -122,22 +122,32 @@ impl EnrichmentClient {
     /// Calls the service unless the circuit is open; a call slower than the timeout fails.
     #[tracing::instrument(skip(self))]
     pub async fn enrich(&self, metric_type: &str) -> Enrichment {
-        let Ok(permit) = self.breaker.try_acquire() else {
-            return Enrichment::CircuitOpen;
+        let enrichment = match self.breaker.try_acquire() {
+            Err(_) => Enrichment::CircuitOpen,
+            Ok(permit) => {
+                let outcome = tokio::time::timeout(self.timeout, self.service.fetch(metric_type))
+                    .await
+                    .unwrap_or(Err(CallFailure::TimedOut));
+                match outcome {
+                    Ok(data) => {
+                        permit.succeeded();
+                        Enrichment::Ok(data)
+                    }
+                    Err(failure) => {
+                        permit.failed();
+                        tracing::debug!(%failure, "enrichment call failed");
+                        Enrichment::Failed(failure)
+                    }
+                }
+            }
         };
-        let outcome = tokio::time::timeout(self.timeout, self.service.fetch(metric_type))
-            .await
-            .unwrap_or(Err(CallFailure::TimedOut));
-        match outcome {
-            Ok(data) => {
-                permit.succeeded();
-                Enrichment::Ok(data)
-            }
-            Err(failure) => {
-                permit.failed();
-                tracing::debug!(%failure, "enrichment call failed");
-                Enrichment::Failed(failure)
-            }
-        }
+        let outcome = match &enrichment {
+            Enrichment::Ok(_) => "ok",
+            Enrichment::Failed(CallFailure::Failed) => "failed",
+            Enrichment::Failed(CallFailure::TimedOut) => "timed_out",
+            Enrichment::CircuitOpen => "circuit_open",
+        };
+        metrics::counter!("enrichment_calls_total", "outcome" => outcome).increment(1);
+        enrichment
     }
 }

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    telemetry::init(&settings.log_filter, std::io::stdout);
+    telemetry::init(&settings.log_filter, settings.log_format, std::io::stdout);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {

@@ -136,12 +136,19 @@ impl RateLimiter {
                     .await
             })
             .await;
-        match outcome {
+        let decision = match outcome {
             Ok((allowed, slack, reset, wait)) => {
                 self.gcra.decision(allowed == 1, slack, reset, wait)
             }
             Err(_) => self.local.check(client),
-        }
+        };
+        metrics::counter!(
+            "rate_limit_decisions_total",
+            "decision" => if decision.allowed { "allowed" } else { "limited" },
+            "source" => if decision.decided_locally { "local" } else { "redis" },
+        )
+        .increment(1);
+        decision
     }
 }
 

@@ -1,19 +1,26 @@
 //! Wires the mechanisms together and runs the server.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Router, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::{
     cache::SummaryCache,
     circuit_breaker::CircuitBreaker,
-    config::Settings,
+    config::{Settings, Timeouts},
     enrichment::{EnrichmentClient, SimulatedService},
     http::{self, AppState},
     rate_limiter::RateLimiter,
     redis_connection::RedisConnection,
     storage::Storage,
+    telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    timeouts: Timeouts,
 }
 
 impl Application {
@@ -53,6 +61,7 @@ impl Application {
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
             enrichment: Arc::new(enrichment),
             trusted_proxies: settings.trusted_proxies.into(),
+            prometheus: telemetry::prometheus(),
             storage,
             redis,
         };
@@ -62,7 +71,8 @@ impl Application {
             .map_err(|source| StartupError::Bind { address, source })?;
         Ok(Self {
             listener,
-            router: http::router(state),
+            router: http::router(state, settings.timeouts),
+            timeouts: settings.timeouts,
         })
     }
 
@@ -78,19 +88,56 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, letting in-flight requests finish.
+    /// Serves until `shutdown` completes; then stops accepting and lets in-flight requests
+    /// finish within the grace period.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = ?self.listener.local_addr()?, "listening");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        // A client that trickles its headers (or idles on a kept-alive connection) is cut off.
+        connections
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.header_read);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let router = self.router.clone();
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(request)
+                });
+            let connection =
+                connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!("no longer accepting connections; finishing in-flight requests");
+        match tokio::time::timeout(self.timeouts.shutdown_grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+        }
+        Ok(())
     }
 }
 
@@ -116,5 +163,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    tracing::info!("shutdown signal received");
 }

@@ -36,6 +36,10 @@ pub enum ApiError {
     Unavailable,
     #[error("the external service call failed: {0}")]
     ExternalService(CallFailure),
+    #[error("the request took too long to handle")]
+    RequestTimeout,
+    #[error("the request body was not received in time")]
+    BodyReadTimeout,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed for this resource")]
@@ -77,6 +81,8 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "EXTERNAL_SERVICE_UNAVAILABLE",
             ),
+            Self::RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "REQUEST_TIMEOUT"),
+            Self::BodyReadTimeout => (StatusCode::REQUEST_TIMEOUT, "BODY_READ_TIMEOUT"),
             Self::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),

@@ -10,6 +10,7 @@ use axum::{
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tower_http::timeout::TimeoutError;
 
 use super::{AppState, MAX_BODY_BYTES, error::ApiError};
 use crate::metric::FieldError;
@@ -32,6 +33,8 @@ impl<S: Send + Sync> FromRequest<S> for ApiJson {
                     ApiError::PayloadTooLarge {
                         limit: MAX_BODY_BYTES,
                     }
+                } else if caused_by::<TimeoutError>(&rejection) {
+                    ApiError::BodyReadTimeout
                 } else {
                     ApiError::MalformedJson(rejection.body_text())
                 }
@@ -40,6 +43,11 @@ impl<S: Send + Sync> FromRequest<S> for ApiJson {
             .map(Self)
             .map_err(|error| ApiError::MalformedJson(error.to_string()))
     }
+}
+
+/// Whether `E` is anywhere in the error's chain of sources.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {

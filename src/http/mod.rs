@@ -4,13 +4,16 @@ mod error;
 mod external;
 mod extract;
 mod health;
+mod layers;
 mod metrics;
+mod prometheus;
 mod rate_limit;
 
 use std::sync::Arc;
 
 use axum::{Router, extract::DefaultBodyLimit, middleware};
 use ipnet::IpNet;
+use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
@@ -18,7 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use error::{ApiError, ErrorBody};
 
 use crate::{
-    cache::SummaryCache, enrichment::EnrichmentClient, rate_limiter::RateLimiter,
+    cache::SummaryCache, config::Timeouts, enrichment::EnrichmentClient, rate_limiter::RateLimiter,
     redis_connection::RedisConnection, storage::Storage,
 };
 
@@ -34,6 +37,7 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     pub enrichment: Arc<EnrichmentClient>,
     pub trusted_proxies: Arc<[IpNet]>,
+    pub prometheus: PrometheusHandle,
 }
 
 #[derive(OpenApi)]
@@ -48,8 +52,9 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-/// The whole application: API routes, `/openapi.json` and `/docs`.
-pub fn router(state: AppState) -> Router {
+/// The whole application: API routes, `/metrics`, `/openapi.json` and `/docs`, wrapped in
+/// the per-request middleware.
+pub fn router(state: AppState, timeouts: Timeouts) -> Router {
     let rate_limited = OpenApiRouter::new()
         .routes(routes!(metrics::create_metric))
         .route_layer(middleware::from_fn_with_state(
@@ -60,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::root))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
+        .routes(routes!(prometheus::metrics))
         .merge(rate_limited)
         .routes(routes!(metrics::summary))
         .routes(routes!(metrics::list))
@@ -67,9 +73,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(external::set_failure_rate))
         .routes(routes!(external::breaker_status))
         .split_for_parts();
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+    let app = api
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    layers::wrap(app, timeouts)
 }

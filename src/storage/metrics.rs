@@ -40,6 +40,7 @@ impl Storage {
         )
         .fetch_one(&self.pool);
         let row = self.run(row).await?;
+        metrics::counter!("metric_points_ingested_total").increment(1);
         Ok((row.id, row.ingested_at))
     }
 

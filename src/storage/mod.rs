@@ -107,6 +107,12 @@ impl Storage {
         )
     }
 
+    /// Publishes the pool's size and idle connections as gauges.
+    pub fn record_pool_gauges(&self) {
+        ::metrics::gauge!("db_pool_connections").set(f64::from(self.pool.size()));
+        ::metrics::gauge!("db_pool_idle_connections").set(self.pool.num_idle() as f64);
+    }
+
     /// Runs one statement with the schema in place, bounded in time.
     async fn run<T>(
         &self,

@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use resilient_analytics::{config::Settings, startup::Application, telemetry};
+use resilient_analytics::{
+    config::{LogFormat, Settings},
+    startup::Application,
+    telemetry,
+};
 use serde_json::{Value, json};
 use testcontainers::{ContainerAsync, ImageExt, core::IntoContainerPort, runners::AsyncRunner};
 use testcontainers_modules::{postgres::Postgres, redis::Redis};
@@ -37,9 +41,13 @@ pub(crate) fn free_port() -> u16 {
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        telemetry::init("info,resilient_analytics=debug", std::io::stdout);
+        telemetry::init(
+            "info,resilient_analytics=debug",
+            LogFormat::Text,
+            std::io::stdout,
+        );
     } else {
-        telemetry::init("off", std::io::sink);
+        telemetry::init("off", LogFormat::Text, std::io::sink);
     }
 }
 

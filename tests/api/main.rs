@@ -7,6 +7,7 @@ mod docs;
 mod health;
 mod ingest;
 mod list;
+mod operations;
 mod outages;
 mod rate_limit;
 mod summary;
