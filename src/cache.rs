@@ -115,28 +115,27 @@ impl SummaryCache {
             .await;
     }
 
-    /// Makes every cached summary of the type stale. Call after the write has committed.
-    pub async fn invalidate(&self, metric_type: &str) {
-        if !self.bump(metric_type).await {
-            self.pending_bumps
-                .lock()
-                .expect("cache lock poisoned")
-                .insert(metric_type.to_owned());
+    /// Makes every cached summary of these types stale, in one round trip. Call after the
+    /// write has committed.
+    pub async fn invalidate<'a>(&self, metric_types: impl IntoIterator<Item = &'a str>) {
+        let metric_types: Vec<&str> = metric_types.into_iter().collect();
+        if !self.bump(&metric_types).await {
+            let mut pending = self.pending_bumps.lock().expect("cache lock poisoned");
+            pending.extend(metric_types.iter().map(|t| (*t).to_owned()));
         }
     }
 
-    async fn bump(&self, metric_type: &str) -> bool {
-        let key = Self::generation_key(metric_type);
+    async fn bump(&self, metric_types: &[&str]) -> bool {
+        let mut pipe = redis::pipe();
+        for metric_type in metric_types {
+            let key = Self::generation_key(metric_type);
+            pipe.incr(&key, 1)
+                .ignore()
+                .expire(&key, GENERATION_TTL.as_secs() as i64)
+                .ignore();
+        }
         self.redis
-            .run(|mut conn| async move {
-                redis::pipe()
-                    .incr(&key, 1)
-                    .ignore()
-                    .expire(&key, GENERATION_TTL.as_secs() as i64)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+            .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
             .await
             .is_ok()
     }
@@ -157,14 +156,13 @@ impl SummaryCache {
             }
             pending.iter().cloned().collect()
         };
-        for metric_type in pending {
-            if !self.bump(&metric_type).await {
-                return false;
-            }
-            self.pending_bumps
-                .lock()
-                .expect("cache lock poisoned")
-                .remove(&metric_type);
+        let types: Vec<&str> = pending.iter().map(String::as_str).collect();
+        if !self.bump(&types).await {
+            return false;
+        }
+        let mut still_pending = self.pending_bumps.lock().expect("cache lock poisoned");
+        for metric_type in &pending {
+            still_pending.remove(metric_type);
         }
         true
     }

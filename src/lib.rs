@@ -9,6 +9,7 @@ pub mod config;
 pub mod enrichment;
 pub mod healthcheck;
 pub mod http;
+pub mod ingest;
 pub mod metric;
 pub mod rate_limiter;
 pub mod redis_connection;

@@ -17,6 +17,7 @@ use crate::{
     config::{Settings, Timeouts},
     enrichment::{EnrichmentClient, SimulatedService},
     http::{self, AppState},
+    ingest::Ingestor,
     rate_limiter::RateLimiter,
     redis_connection::RedisConnection,
     storage::Storage,
@@ -56,8 +57,10 @@ impl Application {
             CircuitBreaker::new(settings.circuit_breaker),
             settings.external_service,
         );
+        let cache = Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl));
         let state = AppState {
-            cache: Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl)),
+            ingestor: Ingestor::start(storage.clone(), cache.clone()),
+            cache,
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
             enrichment: Arc::new(enrichment),
             trusted_proxies: settings.trusted_proxies.into(),

@@ -28,8 +28,12 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the body must be sent with Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("the body must be sent uncompressed or with Content-Encoding: gzip")]
+    UnsupportedEncoding,
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("a batch holds at most {limit} points")]
+    TooManyPoints { limit: usize },
     #[error("rate limit exceeded; retry in {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
     #[error("a dependency is unavailable; retry shortly")]
@@ -74,7 +78,12 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::UnsupportedEncoding => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            Self::PayloadTooLarge { .. } | Self::TooManyPoints { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+            }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::ExternalService(_) => (
@@ -107,7 +116,7 @@ impl From<StorageError> for ApiError {
                 tracing::warn!(%reason, "database unavailable");
                 Self::Unavailable
             }
-            StorageError::Query(error) => Self::Internal(error.into()),
+            StorageError::Query(error) => Self::Internal(Box::new(error)),
         }
     }
 }

@@ -1,12 +1,16 @@
 //! Extractors whose rejections use the project's error body instead of axum's plain text.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    io::Read,
+    net::{IpAddr, SocketAddr},
+};
 
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Query, Request},
     http::{StatusCode, header, request::Parts},
 };
+use flate2::read::GzDecoder;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -15,31 +19,55 @@ use tower_http::timeout::TimeoutError;
 use super::{AppState, MAX_BODY_BYTES, error::ApiError};
 use crate::metric::FieldError;
 
-/// A JSON body, parsed but not yet validated: 415 without a JSON content type, 413 over the
-/// size limit, 400 when it is not JSON.
-pub(super) struct ApiJson(pub(super) Value);
+/// A JSON body of at most `LIMIT` bytes, parsed but not yet validated: 415 without a JSON
+/// content type or with an encoding other than gzip, 413 over the limit (also after
+/// decompression), 400 when it is not JSON. The route's `DefaultBodyLimit` must be `LIMIT`.
+pub(super) struct ApiJson<const LIMIT: usize = MAX_BODY_BYTES>(pub(super) Value);
 
-impl<S: Send + Sync> FromRequest<S> for ApiJson {
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !has_json_content_type(request.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
+        let gzipped = match request
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str())
+        {
+            None => false,
+            Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("identity") => false,
+            Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("gzip") => true,
+            Some(_) => return Err(ApiError::UnsupportedEncoding),
+        };
+        let too_large = ApiError::PayloadTooLarge { limit: LIMIT };
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge {
-                        limit: MAX_BODY_BYTES,
-                    }
+                    ApiError::PayloadTooLarge { limit: LIMIT }
                 } else if caused_by::<TimeoutError>(&rejection) {
                     ApiError::BodyReadTimeout
                 } else {
                     ApiError::MalformedJson(rejection.body_text())
                 }
             })?;
-        serde_json::from_slice(&bytes)
+        let json = if gzipped {
+            // Bounded, so a small compressed body cannot expand without limit.
+            let mut inflated = Vec::new();
+            GzDecoder::new(&bytes[..])
+                .take(LIMIT as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|error| ApiError::MalformedJson(format!("invalid gzip body: {error}")))?;
+            if inflated.len() > LIMIT {
+                return Err(too_large);
+            }
+            Bytes::from(inflated)
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&json)
             .map(Self)
             .map_err(|error| ApiError::MalformedJson(error.to_string()))
     }

@@ -8,6 +8,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
@@ -18,7 +19,7 @@ use super::{
 use crate::{
     cache::Lookup,
     enrichment::Enrichment,
-    metric::{EnrichmentStatus, MetricPoint, Period, Summary, collect, validate_type},
+    metric::{EnrichmentStatus, FieldError, MetricPoint, Period, Summary, collect, validate_type},
     storage::StoredMetric,
 };
 
@@ -26,6 +27,10 @@ use crate::{
 /// service shows up well before the normal TTL ends.
 const DEGRADED_SUMMARY_TTL: Duration = Duration::from_secs(5);
 const DEFAULT_LIST_LIMIT: i64 = 100;
+/// Points in one batch, at most.
+pub(super) const MAX_BATCH_POINTS: usize = 10_000;
+/// A batch body's size, at most (after decompression).
+pub(super) const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 const MAX_LIST_LIMIT: i64 = 1000;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,18 +63,105 @@ pub(super) async fn create_metric(
     ApiJson(body): ApiJson,
 ) -> Result<impl IntoResponse> {
     let point = MetricPoint::from_json(&body).map_err(ApiError::Validation)?;
-    let (id, received_at) = state.storage.insert_metric(&point).await?;
-    state.cache.invalidate(&point.metric_type).await;
-    tracing::info!(id, metric_type = %point.metric_type, "metric stored");
+    let metric_type = point.metric_type.clone();
+    let stored = state.ingestor.write(point).await?;
+    tracing::info!(id = stored.id, %metric_type, "metric stored");
     Ok((
         StatusCode::CREATED,
         Json(MetricCreated {
-            id,
+            id: stored.id,
             message: "Metric received",
-            metric_type: point.metric_type,
-            timestamp: received_at,
+            metric_type,
+            timestamp: stored.received_at,
         }),
     ))
+}
+
+/// A batch's body: `{"metrics": [point, ...]}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct MetricBatch {
+    /// 1 to 10,000 points of the single-point shape (each validated on its own).
+    #[schema(value_type = Vec<MetricPoint>)]
+    metrics: Vec<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BatchAccepted {
+    /// Points stored.
+    accepted: usize,
+    /// The invalid points, by index; absent when every point was stored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected: Vec<RejectedPoint>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RejectedPoint {
+    index: usize,
+    errors: Vec<FieldError>,
+}
+
+/// Store many points at once, in one statement. Each point is validated on its own: the valid
+/// ones are stored even when others are not. The body may be gzip-compressed.
+#[utoipa::path(
+    post, path = "/api/metrics/batch", tag = "metrics",
+    request_body = MetricBatch,
+    responses(
+        (status = 201, description = "Every point stored", body = BatchAccepted),
+        (status = 200, description = "The valid points stored, the others listed", body = BatchAccepted),
+        (status = 400, description = "Malformed JSON or gzip", body = ErrorBody),
+        (status = 413, description = "Over 16 MiB (uncompressed) or over 10,000 points", body = ErrorBody),
+        (status = 415, description = "Not JSON, or an encoding other than gzip", body = ErrorBody),
+        (status = 422, description = "No valid point", body = ErrorBody),
+        (status = 429, description = "Rate limited (a batch counts as one request)", body = ErrorBody),
+        (status = 503, description = "PostgreSQL unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_batch(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<MAX_BATCH_BYTES>,
+) -> Result<impl IntoResponse> {
+    let Ok(MetricBatch { metrics: items }) = serde_json::from_value(body) else {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "metrics",
+            "must be an array of metric points",
+        )]));
+    };
+    if items.len() > MAX_BATCH_POINTS {
+        return Err(ApiError::TooManyPoints {
+            limit: MAX_BATCH_POINTS,
+        });
+    }
+    let mut points = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match MetricPoint::from_json(item) {
+            Ok(point) => points.push(point),
+            Err(errors) => rejected.push(RejectedPoint { index, errors }),
+        }
+    }
+    if points.is_empty() {
+        let errors = if rejected.is_empty() {
+            vec![FieldError::new("metrics", "must hold at least one point")]
+        } else {
+            rejected
+                .into_iter()
+                .flat_map(|r| {
+                    r.errors.into_iter().map(move |e| {
+                        FieldError::new(format!("metrics[{}].{}", r.index, e.field), e.message)
+                    })
+                })
+                .collect()
+        };
+        return Err(ApiError::Validation(errors));
+    }
+    let accepted = state.ingestor.write_all(&points).await?.len();
+    tracing::info!(accepted, rejected = rejected.len(), "metric batch stored");
+    let status = if rejected.is_empty() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(BatchAccepted { accepted, rejected })))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -21,8 +21,8 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use error::{ApiError, ErrorBody};
 
 use crate::{
-    cache::SummaryCache, config::Timeouts, enrichment::EnrichmentClient, rate_limiter::RateLimiter,
-    redis_connection::RedisConnection, storage::Storage,
+    cache::SummaryCache, config::Timeouts, enrichment::EnrichmentClient, ingest::Ingestor,
+    rate_limiter::RateLimiter, redis_connection::RedisConnection, storage::Storage,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -32,6 +32,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub storage: Storage,
+    pub ingestor: Ingestor,
     pub redis: RedisConnection,
     pub cache: Arc<SummaryCache>,
     pub rate_limiter: Arc<RateLimiter>,
@@ -57,6 +58,11 @@ struct ApiDoc;
 pub fn router(state: AppState, timeouts: Timeouts) -> Router {
     let rate_limited = OpenApiRouter::new()
         .routes(routes!(metrics::create_metric))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(metrics::create_batch))
+                .layer(DefaultBodyLimit::max(metrics::MAX_BATCH_BYTES)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit_by_client,

@@ -8,6 +8,13 @@ use utoipa::ToSchema;
 use super::{Storage, StorageError};
 use crate::metric::{Aggregates, MetricPoint};
 
+/// What the database assigned to a stored point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+}
+
 /// A stored point as `GET /api/metrics/list` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct StoredMetric {
@@ -20,28 +27,47 @@ pub struct StoredMetric {
 }
 
 impl Storage {
-    /// Stores one point; returns its id and the time the database received it.
-    #[tracing::instrument(skip_all, fields(metric_type = %point.metric_type))]
-    pub async fn insert_metric(
+    /// Stores the points in one statement (one transaction); the result is in their order.
+    #[tracing::instrument(skip_all, fields(points = points.len()))]
+    pub async fn insert_metrics(
         &self,
-        point: &MetricPoint,
-    ) -> Result<(i64, DateTime<Utc>), StorageError> {
-        let row = sqlx::query!(
+        points: &[MetricPoint],
+    ) -> Result<Vec<Stored>, StorageError> {
+        let mut types = Vec::with_capacity(points.len());
+        let mut values = Vec::with_capacity(points.len());
+        let mut recorded = Vec::with_capacity(points.len());
+        let mut tags = Vec::with_capacity(points.len());
+        for point in points {
+            types.push(point.metric_type.as_str());
+            values.push(point.value);
+            recorded.push(point.timestamp);
+            tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
+        }
+        let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
             insert into metrics (metric_type, value, recorded_at, tags)
-            values ($1, $2, $3, $4)
+            select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
             returning id, ingested_at
             "#,
-            point.metric_type,
-            point.value,
-            point.timestamp,
-            Json(&point.tags) as _,
+            &types as &[&str],
+            &values,
+            &recorded,
+            &tags,
         )
-        .fetch_one(&self.pool);
-        let row = self.run(row).await?;
-        metrics::counter!("metric_points_ingested_total").increment(1);
-        Ok((row.id, row.ingested_at))
+        .fetch_all(&self.pool);
+        let mut rows = self.run(rows).await?;
+        // Rows are inserted in the arrays' order and ids are drawn in insertion order, so the
+        // ascending ids map back onto the points whatever order RETURNING uses.
+        rows.sort_unstable_by_key(|row| row.id);
+        ::metrics::counter!("metric_points_ingested_total").increment(rows.len() as u64);
+        Ok(rows
+            .into_iter()
+            .map(|row| Stored {
+                id: row.id,
+                received_at: row.ingested_at,
+            })
+            .collect())
     }
 
     /// Aggregates one type's points recorded at or after `since` (all of them for `None`),

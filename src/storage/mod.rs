@@ -16,7 +16,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use metrics::StoredMetric;
+pub use metrics::{Stored, StoredMetric};
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,13 +24,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so that every writer of a group commit can be told the group's outcome.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// PostgreSQL cannot be reached, or the schema is not in place yet.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
-    Query(#[source] sqlx::Error),
+    Query(#[source] Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -48,7 +49,7 @@ impl From<sqlx::Error> for StorageError {
         if unavailable {
             Self::Unavailable(error.to_string())
         } else {
-            Self::Query(error)
+            Self::Query(Arc::new(error))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod batch;
 mod circuit_breaker;
 mod docs;
 mod health;
