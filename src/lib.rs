@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod metric;
 pub mod rate_limiter;
 pub mod redis_connection;
+pub mod sketch;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
