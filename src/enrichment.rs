@@ -2,8 +2,12 @@
 //! that calls it through the circuit breaker with a timeout.
 
 use std::{
+    collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,6 +18,7 @@ use utoipa::ToSchema;
 
 use crate::{
     circuit_breaker::{BreakerStatus, CircuitBreaker},
+    clock::{Clock, MonotonicClock},
     config::ExternalServiceSettings,
 };
 
@@ -92,23 +97,67 @@ impl SimulatedService {
     }
 }
 
+/// Baselines remembered at most for this many types; beyond that the expired ones are dropped,
+/// and if none has expired, all of them.
+const MAX_REMEMBERED_TYPES: usize = 10_000;
+
 pub struct EnrichmentClient {
     service: SimulatedService,
     breaker: CircuitBreaker,
     timeout: Duration,
+    /// A type's baseline changes slowly, so a successful answer is reused for `remember_for`:
+    /// summaries computed meanwhile do not wait 50–150 ms for the service again.
+    remembered: Mutex<HashMap<String, (Duration, EnrichmentData)>>,
+    remember_for: Duration,
+    clock: MonotonicClock,
 }
 
 impl EnrichmentClient {
+    /// Successful answers are reused for `remember_for` (the summary cache's TTL).
     pub fn new(
         service: SimulatedService,
         breaker: CircuitBreaker,
         settings: ExternalServiceSettings,
+        remember_for: Duration,
     ) -> Self {
         Self {
             service,
             breaker,
             timeout: settings.timeout,
+            remembered: Mutex::new(HashMap::new()),
+            remember_for,
+            clock: MonotonicClock::new(),
         }
+    }
+
+    /// The type's baseline: a recent answer when there is one, else a call to the service.
+    pub async fn enrich(&self, metric_type: &str) -> Enrichment {
+        let now = self.clock.now();
+        let recent = self
+            .remembered
+            .lock()
+            .expect("enrichment lock poisoned")
+            .get(metric_type)
+            .and_then(|(expires, data)| (*expires > now).then(|| data.clone()));
+        if let Some(data) = recent {
+            metrics::counter!("enrichment_calls_total", "outcome" => "remembered").increment(1);
+            return Enrichment::Ok(data);
+        }
+        let enrichment = self.call(metric_type).await;
+        if let Enrichment::Ok(data) = &enrichment {
+            let mut remembered = self.remembered.lock().expect("enrichment lock poisoned");
+            if remembered.len() >= MAX_REMEMBERED_TYPES {
+                remembered.retain(|_, (expires, _)| *expires > now);
+                if remembered.len() >= MAX_REMEMBERED_TYPES {
+                    remembered.clear();
+                }
+            }
+            remembered.insert(
+                metric_type.to_owned(),
+                (now + self.remember_for, data.clone()),
+            );
+        }
+        enrichment
     }
 
     pub fn service(&self) -> &SimulatedService {
@@ -119,9 +168,10 @@ impl EnrichmentClient {
         self.breaker.status()
     }
 
-    /// Calls the service unless the circuit is open; a call slower than the timeout fails.
+    /// Calls the service now, through the breaker: unless the circuit is open; a call slower
+    /// than the timeout fails.
     #[tracing::instrument(skip(self))]
-    pub async fn enrich(&self, metric_type: &str) -> Enrichment {
+    pub async fn call(&self, metric_type: &str) -> Enrichment {
         let enrichment = match self.breaker.try_acquire() {
             Err(_) => Enrichment::CircuitOpen,
             Ok(permit) => {

@@ -38,6 +38,10 @@ pub enum StartupError {
     },
 }
 
+/// After the listener closes, connections keep being served this long before they are asked
+/// to close (each then finishes the request it is serving).
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
@@ -56,6 +60,7 @@ impl Application {
             SimulatedService::new(settings.external_service.failure_rate),
             CircuitBreaker::new(settings.circuit_breaker),
             settings.external_service,
+            settings.cache_ttl,
         );
         let cache = Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl));
         let state = AppState {
@@ -136,7 +141,13 @@ impl Application {
         }
         drop(self.listener);
         tracing::info!("no longer accepting connections; finishing in-flight requests");
-        match tokio::time::timeout(self.timeouts.shutdown_grace, graceful.shutdown()).await {
+        let grace = async {
+            // A request already sent on an accepted connection may not have been read yet;
+            // telling connections to close at once would drop it unanswered.
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+            graceful.shutdown().await;
+        };
+        match tokio::time::timeout(self.timeouts.shutdown_grace, grace).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
         }

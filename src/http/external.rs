@@ -40,7 +40,7 @@ pub(super) struct ExternalResponse {
     )
 )]
 pub(super) async fn call_external(State(state): State<AppState>) -> Result<Json<ExternalResponse>> {
-    match state.enrichment.enrich(DIRECT_CALL_TYPE).await {
+    match state.enrichment.call(DIRECT_CALL_TYPE).await {
         Enrichment::Ok(data) => Ok(Json(ExternalResponse {
             status: CallStatus::Success,
             data: Some(data),
