@@ -117,6 +117,7 @@ impl From<StorageError> for ApiError {
                 Self::Unavailable
             }
             StorageError::Query(error) => Self::Internal(Box::new(error)),
+            StorageError::Corrupt(reason) => Self::Internal(reason.into()),
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::{
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -19,8 +19,11 @@ use super::{
 use crate::{
     cache::Lookup,
     enrichment::Enrichment,
-    metric::{EnrichmentStatus, FieldError, MetricPoint, Period, Summary, collect, validate_type},
-    storage::StoredMetric,
+    metric::{
+        EnrichmentStatus, FieldError, MetricPoint, Period, Summary, collect, parse_timestamp,
+        validate_type,
+    },
+    storage::{SeriesBucket, SeriesPoint, StoredMetric},
 };
 
 /// A summary whose enrichment failed is cached this long at most, so a recovered external
@@ -239,6 +242,97 @@ fn with_cache_header(body: impl IntoResponse, status: &'static str) -> Response 
         .headers_mut()
         .insert("x-cache", HeaderValue::from_static(status));
     response
+}
+
+/// A series may have at most this many buckets.
+const MAX_SERIES_BUCKETS: i64 = 10_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(super) struct SeriesParams {
+    /// The metric type (required).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    metric_type: Option<String>,
+    /// Start of the range, RFC 3339 (required); the bucket holding it is the first.
+    from: Option<String>,
+    /// End of the range, RFC 3339, exclusive (required).
+    to: Option<String>,
+    /// Bucket width: 1m, 5m, 1h (default) or 1d. Buckets are aligned to UTC.
+    bucket: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Series {
+    #[serde(rename = "type")]
+    metric_type: String,
+    bucket: &'static str,
+    buckets: Vec<SeriesPoint>,
+}
+
+/// Count, average, min and max per time bucket, from the rollups; empty buckets included.
+#[utoipa::path(
+    get, path = "/api/metrics/series", tag = "metrics",
+    params(SeriesParams),
+    responses(
+        (status = 200, description = "One entry per bucket in the range", body = Series),
+        (status = 400, description = "Missing or invalid parameters, or more than 10,000 buckets", body = ErrorBody),
+        (status = 503, description = "PostgreSQL unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn series(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<SeriesParams>,
+) -> Result<Json<Series>> {
+    let mut errors = Vec::new();
+    let required_time = |raw: Option<&str>| {
+        raw.map_or_else(
+            || Err("is required".to_owned()),
+            |raw| parse_timestamp(&Value::from(raw)),
+        )
+    };
+    let metric_type = params
+        .metric_type
+        .as_deref()
+        .map_or_else(|| Err("is required".to_owned()), validate_type);
+    let metric_type = collect(&mut errors, "type", metric_type);
+    let from = collect(&mut errors, "from", required_time(params.from.as_deref()));
+    let to = collect(&mut errors, "to", required_time(params.to.as_deref()));
+    let bucket = collect(
+        &mut errors,
+        "bucket",
+        SeriesBucket::parse(params.bucket.as_deref().unwrap_or("1h")),
+    );
+    let (Some(metric_type), Some(from), Some(to), Some(bucket)) = (metric_type, from, to, bucket)
+    else {
+        return Err(ApiError::InvalidQuery(errors));
+    };
+    if from >= to {
+        return Err(ApiError::InvalidQuery(vec![FieldError::new(
+            "to",
+            "must be later than from",
+        )]));
+    }
+    let first = bucket.start_of(from);
+    let last = bucket.start_of(to - TimeDelta::microseconds(1));
+    let buckets = (last - first).num_seconds() / bucket.width().num_seconds() + 1;
+    if buckets > MAX_SERIES_BUCKETS {
+        return Err(ApiError::InvalidQuery(vec![FieldError::new(
+            "to",
+            format!(
+                "the range holds {buckets} buckets of {}; at most {MAX_SERIES_BUCKETS}",
+                bucket.as_str()
+            ),
+        )]));
+    }
+    let buckets = state
+        .storage
+        .series(metric_type, bucket, first, last)
+        .await?;
+    Ok(Json(Series {
+        metric_type: metric_type.to_owned(),
+        bucket: bucket.as_str(),
+        buckets,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -75,6 +75,7 @@ pub fn router(state: AppState, timeouts: Timeouts) -> Router {
         .merge(rate_limited)
         .routes(routes!(metrics::summary))
         .routes(routes!(metrics::list))
+        .routes(routes!(metrics::series))
         .routes(routes!(external::call_external))
         .routes(routes!(external::set_failure_rate))
         .routes(routes!(external::breaker_status))

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use utoipa::ToSchema;
 
 use super::{Storage, StorageError};
-use crate::metric::{Aggregates, MetricPoint};
+use crate::metric::MetricPoint;
 
 /// What the database assigned to a stored point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +43,47 @@ impl Storage {
             recorded.push(point.timestamp);
             tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
         }
+        // The rollups of every touched minute, hour and day are updated by the same statement,
+        // in key order so that concurrent inserts lock them in the same order.
         let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
-            insert into metrics (metric_type, value, recorded_at, tags)
-            select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
-            returning id, ingested_at
+            with inserted as (
+                insert into metrics (metric_type, value, recorded_at, tags)
+                select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
+                returning id, metric_type, value, recorded_at, ingested_at
+            ),
+            rolled as (
+                select metric_type, resolution, bucket_start,
+                       count(*) as count, sum(value) as sum, min(value) as min, max(value) as max,
+                       (array_agg(recorded_at order by recorded_at desc, id desc))[1] as latest_at,
+                       (array_agg(id order by recorded_at desc, id desc))[1] as latest_id,
+                       (array_agg(value order by recorded_at desc, id desc))[1] as latest_value,
+                       (select jsonb_object_agg(key, n)
+                        from (select metric_sketch_key(v) as key, count(*) as n
+                              from unnest(array_agg(value)) as v group by 1) as keys) as sketch
+                from inserted
+                cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
+                cross join lateral (select date_trunc(resolution, recorded_at, 'UTC') as bucket_start) as bucket
+                group by metric_type, resolution, bucket_start
+            ),
+            upserted as (
+                insert into metric_rollups as r
+                select * from rolled order by metric_type, resolution, bucket_start
+                on conflict (metric_type, resolution, bucket_start) do update set
+                    count = r.count + excluded.count,
+                    sum = r.sum + excluded.sum,
+                    min = least(r.min, excluded.min),
+                    max = greatest(r.max, excluded.max),
+                    latest_at = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                     then excluded.latest_at else r.latest_at end,
+                    latest_id = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                     then excluded.latest_id else r.latest_id end,
+                    latest_value = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                        then excluded.latest_value else r.latest_value end,
+                    sketch = metric_sketch_merge(r.sketch, excluded.sketch)
+            )
+            select id as "id!", ingested_at as "ingested_at!" from inserted
             "#,
             &types as &[&str],
             &values,
@@ -68,57 +103,6 @@ impl Storage {
                 received_at: row.ingested_at,
             })
             .collect())
-    }
-
-    /// Aggregates one type's points recorded at or after `since` (all of them for `None`),
-    /// entirely in PostgreSQL.
-    #[tracing::instrument(skip(self))]
-    pub async fn aggregate(
-        &self,
-        metric_type: &str,
-        since: Option<DateTime<Utc>>,
-    ) -> Result<Aggregates, StorageError> {
-        let row = sqlx::query!(
-            // language=PostgreSQL
-            r#"
-            select
-                count(*) as "count!",
-                coalesce(avg(value), 0) as "average!",
-                coalesce(min(value), 0) as "min!",
-                coalesce(max(value), 0) as "max!",
-                percentile_cont(array[0.5, 0.95, 0.99]) within group (order by value) as percentiles,
-                (
-                    select latest.value from metrics latest
-                    where latest.metric_type = $1
-                      and latest.recorded_at >= coalesce($2, '-infinity'::timestamptz)
-                    order by latest.recorded_at desc, latest.id desc
-                    limit 1
-                ) as latest
-            from metrics
-            where metric_type = $1
-              and recorded_at >= coalesce($2, '-infinity'::timestamptz)
-            "#,
-            metric_type,
-            since,
-        )
-        .fetch_one(&self.pool);
-        let row = self.run(row).await?;
-        let percentile = |i: usize| {
-            row.percentiles
-                .as_ref()
-                .and_then(|p| p.get(i).copied())
-                .unwrap_or(0.0)
-        };
-        Ok(Aggregates {
-            count: row.count,
-            average_value: row.average,
-            min_value: row.min,
-            max_value: row.max,
-            latest_value: row.latest.unwrap_or(0.0),
-            p50: percentile(0),
-            p95: percentile(1),
-            p99: percentile(2),
-        })
     }
 
     /// The newest points first, of one type or of all.

@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, migrations, and every SQL statement the service runs.
 
 mod metrics;
+mod rollups;
 
 use std::{
     future::Future,
@@ -17,6 +18,7 @@ use sqlx::{
 };
 
 pub use metrics::{Stored, StoredMetric};
+pub use rollups::{SeriesBucket, SeriesPoint};
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,6 +34,9 @@ pub enum StorageError {
     Unavailable(String),
     #[error("database error: {0}")]
     Query(#[source] Arc<sqlx::Error>),
+    /// Stored data that cannot be read back (a bug, or a hand-edited row).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for StorageError {

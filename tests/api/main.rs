@@ -11,4 +11,5 @@ mod list;
 mod operations;
 mod outages;
 mod rate_limit;
+mod series;
 mod summary;

@@ -23,11 +23,15 @@ const BINARY: &str = env!("CARGO_BIN_EXE_resilient-analytics");
 struct ServerProcess {
     child: Child,
     address: String,
+    /// Its stdout goes to a file: a pipe nobody reads would fill up and stall the server.
+    log_path: std::path::PathBuf,
 }
 
 impl ServerProcess {
     fn spawn(app: &TestApp, extra_env: &[(&str, &str)]) -> Self {
         let port = free_port();
+        let log_path = std::env::temp_dir().join(format!("resilient-analytics-test-{port}.log"));
+        let log_file = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(BINARY);
         command
             .env_clear()
@@ -37,7 +41,7 @@ impl ServerProcess {
             .env("REDIS_URL", &app.settings.redis_url)
             .env("EXTERNAL_SERVICE_FAILURE_RATE", "0")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(log_file))
             .stderr(Stdio::inherit());
         for (name, value) in extra_env {
             command.env(name, value);
@@ -46,6 +50,7 @@ impl ServerProcess {
         Self {
             child,
             address: format!("http://127.0.0.1:{port}"),
+            log_path,
         }
     }
 
@@ -79,13 +84,10 @@ impl ServerProcess {
         .expect("the process did not exit in time")
     }
 
-    /// Its stdout, one line each, after it exited.
-    fn log_lines(&mut self) -> Vec<String> {
-        let stdout = self.child.stdout.take().unwrap();
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect()
+    /// Its stdout, one line each.
+    fn log_lines(&self) -> Vec<String> {
+        let log = std::fs::File::open(&self.log_path).unwrap();
+        BufReader::new(log).lines().map_while(Result::ok).collect()
     }
 }
 
@@ -93,6 +95,7 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 

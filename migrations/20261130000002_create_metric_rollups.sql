@@ -1,0 +1,79 @@
+-- Pre-aggregates of the metrics table, kept in the same transaction as every insert, so that
+-- summaries and series over millions of points are answered from a few rows. The raw metrics
+-- table stays the source of truth; these rows can be rebuilt from it at any time.
+
+-- The bucket of a value in the quantile sketch: logarithmic buckets with 0.5% relative
+-- accuracy (gamma = 1.005 / 0.995), "p<i>" for positive values, "n<i>" for negative ones,
+-- "z" for magnitudes below 1e-100. Must match src/sketch.rs.
+create function metric_sketch_key(value double precision) returns text
+    language sql immutable strict parallel safe
+return case
+    when value >= 1e-100 then 'p' || ceil(ln(value) / ln(1.005::float8 / 0.995::float8))::int
+    when value <= -1e-100 then 'n' || ceil(ln(-value) / ln(1.005::float8 / 0.995::float8))::int
+    else 'z'
+end;
+
+comment on function metric_sketch_key(double precision) is
+    'Bucket key of a value in the quantile sketches of metric_rollups.';
+
+-- Merging two sketches adds the counts of equal buckets.
+create function metric_sketch_merge(a jsonb, b jsonb) returns jsonb
+    language sql immutable strict parallel safe
+return (
+    select coalesce(jsonb_object_agg(key, total), '{}'::jsonb)
+    from (
+        select key, sum(value::bigint) as total
+        from (select * from jsonb_each_text(a) union all select * from jsonb_each_text(b)) as pairs
+        group by key
+    ) as merged
+);
+
+comment on function metric_sketch_merge(jsonb, jsonb) is
+    'Merges two quantile sketches of metric_rollups (adds the counts of equal buckets).';
+
+create table metric_rollups (
+    metric_type  text             not null,
+    resolution   text             not null,
+    bucket_start timestamptz      not null,
+    count        bigint           not null,
+    sum          double precision not null,
+    min          double precision not null,
+    max          double precision not null,
+    latest_at    timestamptz      not null,
+    latest_id    bigint           not null,
+    latest_value double precision not null,
+    sketch       jsonb            not null,
+    primary key (metric_type, resolution, bucket_start),
+    constraint metric_rollups_resolution check (resolution in ('minute', 'hour', 'day'))
+);
+
+comment on table metric_rollups is
+    'Per type, per UTC minute, hour and day: aggregates of metrics rows by recorded_at, '
+    'maintained in the same transaction as the inserts. Derived data: metrics is the source of truth.';
+comment on column metric_rollups.metric_type is 'metrics.metric_type';
+comment on column metric_rollups.resolution is 'minute, hour or day';
+comment on column metric_rollups.bucket_start is 'Start of the UTC minute, hour or day (date_trunc in UTC of recorded_at).';
+comment on column metric_rollups.count is 'Points in the bucket.';
+comment on column metric_rollups.sum is 'Sum of their values (average = sum / count).';
+comment on column metric_rollups.min is 'Smallest value.';
+comment on column metric_rollups.max is 'Largest value.';
+comment on column metric_rollups.latest_at is 'recorded_at of the latest point (greatest recorded_at, then id).';
+comment on column metric_rollups.latest_id is 'id of that point.';
+comment on column metric_rollups.latest_value is 'value of that point.';
+comment on column metric_rollups.sketch is
+    'Quantile sketch: JSON object of bucket key (metric_sketch_key) to count; percentiles within 0.5% relative error.';
+
+-- Rollups for the points stored before this migration.
+insert into metric_rollups
+select metric_type, resolution, bucket_start,
+       count(*), sum(value), min(value), max(value),
+       (array_agg(recorded_at order by recorded_at desc, id desc))[1],
+       (array_agg(id order by recorded_at desc, id desc))[1],
+       (array_agg(value order by recorded_at desc, id desc))[1],
+       (select jsonb_object_agg(key, n)
+        from (select metric_sketch_key(v) as key, count(*) as n
+              from unnest(array_agg(value)) as v group by 1) as keys)
+from metrics
+cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
+cross join lateral (select date_trunc(resolution, recorded_at, 'UTC') as bucket_start) as bucket
+group by metric_type, resolution, bucket_start;

@@ -1,0 +1,421 @@
+//! Summaries and series from `metric_rollups`: a window is covered by as few rollup rows as
+//! possible (days, then hours, then minutes), plus the raw rows of its first partial minute.
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use serde_json::Value;
+
+use super::{Storage, StorageError};
+use crate::{metric::Aggregates, sketch::QuantileSketch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Resolution {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+}
+
+/// Earlier and later than any accepted timestamp (RFC 3339 years are 0000–9999), and within
+/// PostgreSQL's range.
+fn beginning_of_time() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(-4000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+}
+
+fn end_of_time() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(100_000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+}
+
+/// `t` rounded down to a whole `unit` (a whole number of seconds) since the Unix epoch; works
+/// for every year, unlike chrono's nanosecond-based rounding.
+fn floor(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
+    let unit = unit.num_seconds();
+    DateTime::from_timestamp(t.timestamp().div_euclid(unit) * unit, 0)
+        .expect("timestamps are in range")
+}
+
+fn ceil(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
+    let floored = floor(t, unit);
+    if floored == t { t } else { floored + unit }
+}
+
+/// Which rows cover "recorded at or after `since`" (all time for `None`) as seen at `now`.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// Rollup rows with `bucket_start` in `[from, to)`.
+    rollups: Vec<(Resolution, DateTime<Utc>, DateTime<Utc>)>,
+    /// Raw rows recorded in `[from, to)`: the partial minute the window starts in.
+    raw: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+fn plan(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
+    let (minute, hour, day) = (
+        TimeDelta::minutes(1),
+        TimeDelta::hours(1),
+        TimeDelta::days(1),
+    );
+    let mut rollups = Vec::new();
+    let mut push = |resolution, from: DateTime<Utc>, to: DateTime<Utc>| {
+        if from < to {
+            rollups.push((resolution, from, to));
+        }
+    };
+    let (start, raw) = match since {
+        None => (beginning_of_time(), None),
+        Some(since) => {
+            let start = ceil(since, minute);
+            (start, (since < start).then_some((since, start)))
+        }
+    };
+    // Minutes from the current hour on cover the present and any future-dated points.
+    let recent = floor(now, hour).max(start);
+    let hours_from = if since.is_none() {
+        start
+    } else {
+        ceil(start, hour).min(recent)
+    };
+    push(Resolution::Minute, start, hours_from);
+    let days_from = if since.is_none() {
+        start
+    } else {
+        ceil(hours_from, day)
+    };
+    let days_to = floor(recent, day);
+    if days_from < days_to {
+        push(Resolution::Hour, hours_from, days_from);
+        push(Resolution::Day, days_from, days_to);
+        push(Resolution::Hour, days_to, recent);
+    } else {
+        push(Resolution::Hour, hours_from, recent);
+    }
+    push(Resolution::Minute, recent, end_of_time());
+    Plan { rollups, raw }
+}
+
+impl Storage {
+    /// Aggregates one type's points recorded at or after `since` (all of them for `None`)
+    /// from the rollups, in one query. Count, sum, min, max and latest are exact; the
+    /// percentiles come from the merged sketches (within 0.5% relative error).
+    #[tracing::instrument(skip(self))]
+    pub async fn aggregate(
+        &self,
+        metric_type: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Aggregates, StorageError> {
+        let plan = plan(since, Utc::now());
+        let resolutions: Vec<&str> = plan.rollups.iter().map(|(r, _, _)| r.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = plan.rollups.iter().map(|(_, from, _)| *from).collect();
+        let ends: Vec<DateTime<Utc>> = plan.rollups.iter().map(|(_, _, to)| *to).collect();
+        // An empty raw range when the window starts on a minute boundary.
+        let (raw_from, raw_to) = plan.raw.unwrap_or((end_of_time(), end_of_time()));
+        let row = sqlx::query!(
+            // language=PostgreSQL
+            r#"
+            with parts as (
+                select r.count, r.sum, r.min, r.max, r.latest_at, r.latest_id, r.latest_value, r.sketch
+                from unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) as s (resolution, from_ts, to_ts)
+                join metric_rollups r
+                  on r.metric_type = $1 and r.resolution = s.resolution
+                 and r.bucket_start >= s.from_ts and r.bucket_start < s.to_ts
+                union all
+                select count(*), sum(value), min(value), max(value),
+                       (array_agg(recorded_at order by recorded_at desc, id desc))[1],
+                       (array_agg(id order by recorded_at desc, id desc))[1],
+                       (array_agg(value order by recorded_at desc, id desc))[1],
+                       (select jsonb_object_agg(key, n)
+                        from (select metric_sketch_key(v) as key, count(*) as n
+                              from unnest(array_agg(value)) as v group by 1) as keys)
+                from metrics
+                where metric_type = $1 and recorded_at >= $5 and recorded_at < $6
+                having count(*) > 0
+            )
+            select
+                coalesce(sum(count), 0)::bigint as "count!",
+                coalesce(sum(sum), 0) as "sum!",
+                coalesce(min(min), 0) as "min!",
+                coalesce(max(max), 0) as "max!",
+                (select latest_value from parts order by latest_at desc, latest_id desc limit 1) as latest,
+                (select jsonb_object_agg(key, total)
+                 from (select key, sum(value::bigint) as total
+                       from parts, jsonb_each_text(parts.sketch) group by key) as merged) as sketch
+            from parts
+            "#,
+            metric_type,
+            &resolutions as &[&str],
+            &starts,
+            &ends,
+            raw_from,
+            raw_to,
+        )
+        .fetch_one(&self.pool);
+        let row = self.run(row).await?;
+        if row.count == 0 {
+            return Ok(Aggregates::default());
+        }
+        let sketch = sketch_from(row.sketch)?;
+        let percentile = |q| sketch.quantile(q).unwrap_or(0.0);
+        Ok(Aggregates {
+            count: row.count,
+            average_value: row.sum / row.count as f64,
+            min_value: row.min,
+            max_value: row.max,
+            latest_value: row.latest.unwrap_or(0.0),
+            p50: percentile(0.5),
+            p95: percentile(0.95),
+            p99: percentile(0.99),
+        })
+    }
+}
+
+/// Bucket widths of `GET /api/metrics/series`, and the rollups each is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesBucket {
+    OneMinute,
+    FiveMinutes,
+    OneHour,
+    OneDay,
+}
+
+impl SeriesBucket {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "1m" => Ok(Self::OneMinute),
+            "5m" => Ok(Self::FiveMinutes),
+            "1h" => Ok(Self::OneHour),
+            "1d" => Ok(Self::OneDay),
+            _ => Err("must be one of 1m, 5m, 1h, 1d".into()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneMinute => "1m",
+            Self::FiveMinutes => "5m",
+            Self::OneHour => "1h",
+            Self::OneDay => "1d",
+        }
+    }
+
+    pub fn width(self) -> TimeDelta {
+        match self {
+            Self::OneMinute => TimeDelta::minutes(1),
+            Self::FiveMinutes => TimeDelta::minutes(5),
+            Self::OneHour => TimeDelta::hours(1),
+            Self::OneDay => TimeDelta::days(1),
+        }
+    }
+
+    fn resolution(self) -> Resolution {
+        match self {
+            Self::OneMinute | Self::FiveMinutes => Resolution::Minute,
+            Self::OneHour => Resolution::Hour,
+            Self::OneDay => Resolution::Day,
+        }
+    }
+
+    /// The start of the bucket holding `t` (buckets are aligned to the Unix epoch, in UTC).
+    pub fn start_of(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        floor(t, self.width())
+    }
+}
+
+/// One bucket of a series; an empty bucket has count 0 and no values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct SeriesPoint {
+    pub start: DateTime<Utc>,
+    pub count: i64,
+    pub avg: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Storage {
+    /// The buckets starting from `first` to `last` (both bucket starts), empty ones included.
+    #[tracing::instrument(skip(self))]
+    pub async fn series(
+        &self,
+        metric_type: &str,
+        bucket: SeriesBucket,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<Vec<SeriesPoint>, StorageError> {
+        let rows = sqlx::query_as!(
+            SeriesPoint,
+            // language=PostgreSQL
+            r#"
+            select b.start as "start!",
+                   coalesce(sum(r.count), 0)::bigint as "count!",
+                   sum(r.sum) / nullif(sum(r.count), 0) as avg,
+                   min(r.min) as min,
+                   max(r.max) as max
+            from generate_series($3::timestamptz, $4::timestamptz, $5::bigint * interval '1 second') as b (start)
+            left join metric_rollups r
+              on r.metric_type = $1 and r.resolution = $2
+             and r.bucket_start >= b.start and r.bucket_start < b.start + $5::bigint * interval '1 second'
+            group by b.start
+            order by b.start
+            "#,
+            metric_type,
+            bucket.resolution().as_str(),
+            first,
+            last,
+            bucket.width().num_seconds(),
+        )
+        .fetch_all(&self.pool);
+        self.run(rows).await
+    }
+}
+
+fn sketch_from(value: Option<Value>) -> Result<QuantileSketch, StorageError> {
+    let value = value.unwrap_or_else(|| Value::Object(Default::default()));
+    QuantileSketch::from_json(&value)
+        .map_err(|error| StorageError::Corrupt(format!("unreadable quantile sketch: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn segments(plan: &Plan) -> Vec<(Resolution, String, String)> {
+        let show = |t: DateTime<Utc>| {
+            if t == beginning_of_time() {
+                "-inf".to_owned()
+            } else if t == end_of_time() {
+                "+inf".to_owned()
+            } else {
+                t.format("%d %H:%M").to_string()
+            }
+        };
+        plan.rollups
+            .iter()
+            .map(|(r, from, to)| (*r, show(*from), show(*to)))
+            .collect()
+    }
+
+    use Resolution::{Day, Hour, Minute};
+
+    fn seg(r: Resolution, from: &str, to: &str) -> (Resolution, String, String) {
+        (r, from.into(), to.into())
+    }
+
+    #[test]
+    fn all_time_is_days_then_todays_hours_then_this_hours_minutes() {
+        let plan = plan(None, at("2026-11-30T10:30:15Z"));
+        assert_eq!(
+            segments(&plan),
+            [
+                seg(Day, "-inf", "30 00:00"),
+                seg(Hour, "30 00:00", "30 10:00"),
+                seg(Minute, "30 10:00", "+inf"),
+            ]
+        );
+        assert_eq!(plan.raw, None);
+    }
+
+    #[test]
+    fn the_last_day_starts_with_raw_rows_then_minutes_to_the_hour() {
+        let now = at("2026-11-30T10:30:15Z");
+        let plan = plan(Some(now - TimeDelta::hours(24)), now);
+        assert_eq!(
+            segments(&plan),
+            [
+                seg(Minute, "29 10:31", "29 11:00"),
+                seg(Hour, "29 11:00", "30 10:00"),
+                seg(Minute, "30 10:00", "+inf"),
+            ]
+        );
+        assert_eq!(
+            plan.raw,
+            Some((at("2026-11-29T10:30:15Z"), at("2026-11-29T10:31:00Z")))
+        );
+    }
+
+    #[test]
+    fn a_long_window_uses_whole_days() {
+        let now = at("2026-11-30T10:30:00Z");
+        let plan = plan(Some(at("2026-11-20T22:15:00Z")), now);
+        assert_eq!(
+            segments(&plan),
+            [
+                seg(Minute, "20 22:15", "20 23:00"),
+                seg(Hour, "20 23:00", "21 00:00"),
+                seg(Day, "21 00:00", "30 00:00"),
+                seg(Hour, "30 00:00", "30 10:00"),
+                seg(Minute, "30 10:00", "+inf"),
+            ]
+        );
+        assert_eq!(plan.raw, None, "the window starts on a minute boundary");
+    }
+
+    #[test]
+    fn the_last_hour_is_minutes_only() {
+        let now = at("2026-11-30T10:30:15Z");
+        let plan = plan(Some(now - TimeDelta::hours(1)), now);
+        assert_eq!(
+            segments(&plan),
+            [
+                seg(Minute, "30 09:31", "30 10:00"),
+                seg(Minute, "30 10:00", "+inf")
+            ]
+        );
+    }
+
+    #[test]
+    fn every_instant_after_since_is_covered_exactly_once() {
+        let now = at("2026-11-30T10:30:15Z");
+        for since in [
+            None,
+            Some(now - TimeDelta::hours(24)),
+            Some(now - TimeDelta::hours(1)),
+            Some(at("2026-10-01T00:00:00Z")),
+        ] {
+            let plan = plan(since, now);
+            // Walk the covered ranges in order: each starts where the previous ended.
+            let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = plan
+                .rollups
+                .iter()
+                .map(|(_, from, to)| (*from, *to))
+                .collect();
+            ranges.extend(plan.raw);
+            ranges.sort();
+            assert_eq!(ranges[0].0, since.unwrap_or(beginning_of_time()));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "{since:?}: gap or overlap");
+            }
+            assert_eq!(ranges.last().unwrap().1, end_of_time());
+            // Each rollup range is aligned to its resolution.
+            for (resolution, from, to) in &plan.rollups {
+                let unit = match resolution {
+                    Minute => TimeDelta::minutes(1),
+                    Hour => TimeDelta::hours(1),
+                    Day => TimeDelta::days(1),
+                };
+                for t in [from, to] {
+                    assert!(
+                        *t == beginning_of_time() || *t == end_of_time() || floor(*t, unit) == *t
+                    );
+                }
+            }
+        }
+    }
+}
