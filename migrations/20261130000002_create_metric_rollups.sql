@@ -16,6 +16,17 @@ end;
 comment on function metric_sketch_key(double precision) is
     'Bucket key of a value in the quantile sketches of metric_rollups.';
 
+-- The sketch of a set of values.
+create function metric_sketch_of(vals double precision[]) returns jsonb
+    language sql immutable strict parallel safe
+return (
+    select coalesce(jsonb_object_agg(key, n), '{}'::jsonb)
+    from (select metric_sketch_key(v) as key, count(*) as n from unnest(vals) as v group by 1) as keys
+);
+
+comment on function metric_sketch_of(double precision[]) is
+    'Quantile sketch of the values, as stored in metric_rollups.sketch.';
+
 -- Merging two sketches adds the counts of equal buckets.
 create function metric_sketch_merge(a jsonb, b jsonb) returns jsonb
     language sql immutable strict parallel safe
@@ -70,9 +81,7 @@ select metric_type, resolution, bucket_start,
        (array_agg(recorded_at order by recorded_at desc, id desc))[1],
        (array_agg(id order by recorded_at desc, id desc))[1],
        (array_agg(value order by recorded_at desc, id desc))[1],
-       (select jsonb_object_agg(key, n)
-        from (select metric_sketch_key(v) as key, count(*) as n
-              from unnest(array_agg(value)) as v group by 1) as keys)
+       metric_sketch_of(array_agg(value))
 from metrics
 cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
 cross join lateral (select date_trunc(resolution, recorded_at, 'UTC') as bucket_start) as bucket

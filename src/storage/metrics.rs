@@ -59,9 +59,7 @@ impl Storage {
                        (array_agg(recorded_at order by recorded_at desc, id desc))[1] as latest_at,
                        (array_agg(id order by recorded_at desc, id desc))[1] as latest_id,
                        (array_agg(value order by recorded_at desc, id desc))[1] as latest_value,
-                       (select jsonb_object_agg(key, n)
-                        from (select metric_sketch_key(v) as key, count(*) as n
-                              from unnest(array_agg(value)) as v group by 1) as keys) as sketch
+                       metric_sketch_of(array_agg(value)) as sketch
                 from inserted
                 cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
                 cross join lateral (select date_trunc(resolution, recorded_at, 'UTC') as bucket_start) as bucket

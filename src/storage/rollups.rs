@@ -138,9 +138,7 @@ impl Storage {
                        (array_agg(recorded_at order by recorded_at desc, id desc))[1],
                        (array_agg(id order by recorded_at desc, id desc))[1],
                        (array_agg(value order by recorded_at desc, id desc))[1],
-                       (select jsonb_object_agg(key, n)
-                        from (select metric_sketch_key(v) as key, count(*) as n
-                              from unnest(array_agg(value)) as v group by 1) as keys)
+                       metric_sketch_of(array_agg(value))
                 from metrics
                 where metric_type = $1 and recorded_at >= $5 and recorded_at < $6
                 having count(*) > 0
