@@ -1,0 +1,423 @@
+#!/usr/bin/env bash
+# Benchmark harness for the figures of issue 4 (docs/benchmarks.md explains each one).
+#
+#   bench/run.sh [--quick | --points N] [--strict] [--keep-work]
+#
+#   --points N    points of batch data (default 10,000,000)
+#   --quick       N = 200,000 (a few minutes; for checking the harness, not for the record)
+#   --strict      exit 2 when a target is missed (default: report only)
+#   --keep-work   keep the temporary directory (data, logs, raw wrk output)
+#
+# What it does, on one machine, against 127.0.0.1 only: starts PostgreSQL (default durability)
+# and Redis containers and the release binary; measures single POST throughput against
+# /health/live with wrk; loads N generated points through POST /api/metrics/batch (first 10%,
+# then the rest) and the same rows with psql's \copy; measures uncached summaries through a
+# second server process that has no Redis, at 10% and at 100% of N; reads the server's peak
+# RSS; prints one markdown table and writes it to bench/results/<UTC time>.md. Everything it
+# started is removed on exit.
+#
+# Needs: root on Debian bookworm (it apt-get installs wrk, postgresql-client, curl, python3 when
+# missing), a running Docker engine, and a Rust toolchain unless BENCH_BINARY is given.
+# Environment (all optional):
+#   BENCH_BINARY            a prebuilt server binary; otherwise `cargo build --release --locked`
+#                           (SQLX_OFFLINE=true) builds target/release/resilient-analytics
+#   BENCH_SOURCE            what BENCH_BINARY was built from (printed in the table)
+#   BENCH_POSTGRES_IMAGE    default resilient-analytics/postgres:15-offline
+#   BENCH_REDIS_IMAGE       default resilient-analytics/redis:7-offline (both built by
+#                           scripts/build-offline-images.sh when missing)
+#   BENCH_PG_PORT / BENCH_REDIS_PORT / BENCH_APP_PORT / BENCH_SUMMARY_PORT / BENCH_CLOSED_PORT
+#                           host ports, default 25432 / 26379 / 28080 / 28081 / 28089
+#   BENCH_WRK_THREADS / BENCH_WRK_CONNECTIONS / BENCH_WRK_DURATION / BENCH_WRK_WARMUP
+#                           wrk load, default 1 / 64 / 15 (seconds) / 3 (seconds)
+#   BENCH_BATCH_CONCURRENCY batch requests in flight, default 4
+#   BENCH_SUMMARY_REQUESTS  measured summary requests per period, default 50 (after 3 warm-up)
+#   BENCH_PG_SETTINGS       PostgreSQL flags, default "-c shared_buffers=1GB -c max_wal_size=4GB"
+#   TMPDIR                  where the temporary directory goes (10 M points take ~1 GB there)
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+BENCH_PY=$BENCH_DIR/bench.py
+
+POINTS=10000000
+MODE="full run"
+STRICT=0
+KEEP_WORK=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --points)
+            [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 10 ]] || { echo "--points needs a number >= 10" >&2; exit 2; }
+            POINTS=$2; MODE="custom run"; shift 2 ;;
+        --quick) POINTS=200000; MODE="quick run (--quick)"; shift ;;
+        --strict) STRICT=1; shift ;;
+        --keep-work) KEEP_WORK=1; shift ;;
+        -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+[[ $POINTS -eq 10000000 && $MODE == "custom run" ]] && MODE="full run"
+
+PG_PORT=${BENCH_PG_PORT:-25432}
+REDIS_PORT=${BENCH_REDIS_PORT:-26379}
+APP_PORT=${BENCH_APP_PORT:-28080}
+SUMMARY_PORT=${BENCH_SUMMARY_PORT:-28081}
+CLOSED_PORT=${BENCH_CLOSED_PORT:-28089}
+WRK_THREADS=${BENCH_WRK_THREADS:-1}
+WRK_CONNECTIONS=${BENCH_WRK_CONNECTIONS:-64}
+WRK_DURATION=${BENCH_WRK_DURATION:-15}
+WRK_WARMUP=${BENCH_WRK_WARMUP:-3}
+BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-4}
+SUMMARY_REQUESTS=${BENCH_SUMMARY_REQUESTS:-50}
+SUMMARY_WARMUP=3
+PG_IMAGE=${BENCH_POSTGRES_IMAGE:-resilient-analytics/postgres:15-offline}
+REDIS_IMAGE=${BENCH_REDIS_IMAGE:-resilient-analytics/redis:7-offline}
+read -r -a PG_SETTINGS <<<"${BENCH_PG_SETTINGS:--c shared_buffers=1GB -c max_wal_size=4GB}"
+METRIC_TYPE=bench_latency
+
+STARTED_UTC=$(date -u +%Y-%m-%dT%H:%M:%S)
+RESULT_FILE=$BENCH_DIR/results/$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
+PG_NAME=ra-bench-postgres-$$
+REDIS_NAME=ra-bench-redis-$$
+WORK=
+PIDS=()
+
+log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf '\nbench: error: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+    local rc=$? pid alive
+    trap - EXIT INT TERM
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 0 ]] && break
+        sleep 0.2
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    docker rm -fv "$PG_NAME" "$REDIS_NAME" >/dev/null 2>&1
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ $KEEP_WORK -eq 1 ]]; then
+            echo "bench: work directory kept: $WORK" >&2
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Polls `command...` every half second until it succeeds, for at most `limit` seconds.
+wait_for() {
+    local what=$1 limit=$2
+    shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@"; do
+        ((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what"
+        sleep 0.5
+    done
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# One statement; bounded (VACUUM and percentile_cont over 10 M rows take a while, not this long).
+sql() { timeout 1800 psql -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
+
+fact() { printf '%s\t%s\n' "$1" "$2" >>"$WORK/facts.tsv"; }
+
+json_get() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+# --- prerequisites ----------------------------------------------------------------------------
+
+ensure_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v psql >/dev/null || missing+=(postgresql-client)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}: install them, or run as root"
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "${missing[@]}" >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } \
+            || die "apt-get install ${missing[*]} failed"
+    fi
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
+    command -v docker >/dev/null || die "docker CLI not found"
+    docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine"
+}
+
+ensure_images() {
+    if docker image inspect "$PG_IMAGE" >/dev/null 2>&1 && docker image inspect "$REDIS_IMAGE" >/dev/null 2>&1; then
+        return
+    fi
+    if [[ $PG_IMAGE == resilient-analytics/* || $REDIS_IMAGE == resilient-analytics/* ]]; then
+        log "building the stand-in images (scripts/build-offline-images.sh)"
+        "$REPO/scripts/build-offline-images.sh"
+    fi
+    for image in "$PG_IMAGE" "$REDIS_IMAGE"; do
+        docker image inspect "$image" >/dev/null 2>&1 || docker pull -q "$image" >/dev/null 2>&1 \
+            || die "image $image is neither present nor pullable"
+    done
+}
+
+ensure_binary() {
+    if [[ -n ${BENCH_BINARY:-} ]]; then
+        BINARY=$(realpath "$BENCH_BINARY")
+        SOURCE=${BENCH_SOURCE:-"BENCH_BINARY, source not given"}
+    else
+        command -v cargo >/dev/null || die "cargo not found: install Rust, or set BENCH_BINARY"
+        log "cargo build --release --locked (SQLX_OFFLINE=true)"
+        (cd "$REPO" && SQLX_OFFLINE=true cargo build --release --locked) \
+            || die "the build failed; build elsewhere and set BENCH_BINARY (see docs/benchmarks.md)"
+        local target_dir=${CARGO_TARGET_DIR:-$REPO/target}
+        [[ $target_dir == /* ]] || target_dir=$REPO/$target_dir
+        BINARY=$target_dir/release/resilient-analytics
+        SOURCE="working tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
+        [[ -z $(git -C "$REPO" status --porcelain 2>/dev/null) ]] || SOURCE+=" with uncommitted changes"
+    fi
+    [[ -x $BINARY ]] || die "no executable server binary at $BINARY"
+}
+
+check_ports() {
+    local port
+    for port in "$PG_PORT" "$REDIS_PORT" "$APP_PORT" "$SUMMARY_PORT" "$CLOSED_PORT"; do
+        ! port_in_use "$port" || die "port $port on 127.0.0.1 is in use; choose others (BENCH_*_PORT)"
+    done
+}
+
+# --- services ---------------------------------------------------------------------------------
+
+start_containers() {
+    log "starting PostgreSQL ($PG_IMAGE, ${PG_SETTINGS[*]}) on 127.0.0.1:$PG_PORT"
+    # The data directory is an anonymous volume (removed with the container): a plain directory
+    # on the host's file system rather than the container's overlay layer.
+    docker run -d --name "$PG_NAME" --label resilient-analytics.bench=1 --shm-size=1g \
+        -p "127.0.0.1:$PG_PORT:5432" -v /var/lib/postgresql/data \
+        -e POSTGRES_PASSWORD=postgres -e POSTGRES_DB=analytics \
+        "$PG_IMAGE" postgres "${PG_SETTINGS[@]}" >/dev/null
+    log "starting Redis ($REDIS_IMAGE) on 127.0.0.1:$REDIS_PORT"
+    docker run -d --name "$REDIS_NAME" --label resilient-analytics.bench=1 \
+        -p "127.0.0.1:$REDIS_PORT:6379" "$REDIS_IMAGE" >/dev/null
+    export PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres PGPASSWORD=postgres PGDATABASE=analytics \
+        PGCONNECT_TIMEOUT=3
+    wait_for "PostgreSQL" 120 pg_answers
+    wait_for "Redis" 60 redis_answers
+    [[ $(sql "show fsync") == on && $(sql "show synchronous_commit") == on ]] \
+        || die "PostgreSQL is not at its default durability (fsync and synchronous_commit must be on)"
+}
+
+pg_answers() { sql "select 1" >/dev/null 2>&1; }
+redis_answers() { [[ $(timeout 5 docker exec "$REDIS_NAME" redis-cli ping 2>/dev/null) == PONG ]]; }
+
+# start_server NAME PORT REDIS_URL: the binary with a clean environment, from the work
+# directory (so no .env file of the repository is read); sets SERVER_PID.
+start_server() {
+    local name=$1 port=$2 redis_url=$3
+    (
+        cd "$WORK"
+        exec env -i PATH="$PATH" HOME="$WORK" \
+            APP_HOST=127.0.0.1 APP_PORT="$port" \
+            DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/analytics" \
+            REDIS_URL="$redis_url" \
+            RATE_LIMIT_REQUESTS=100000000 RATE_LIMIT_WINDOW_SECONDS=60 \
+            EXTERNAL_SERVICE_FAILURE_RATE=0 RUST_LOG=warn SHUTDOWN_GRACE_PERIOD_SECONDS=5 \
+            "$BINARY"
+    ) >"$WORK/$name.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+}
+
+# health_is PORT PID STATUS: /health reports STATUS; dies if the process has exited.
+health_is() {
+    kill -0 "$2" 2>/dev/null || die "the server on port $1 exited; its log: $(tail -n 20 "$WORK"/*.log)"
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null | grep -q "\"status\":\"$3\""
+}
+
+# --- measurements -----------------------------------------------------------------------------
+
+# wrk_warmup URL [wrk options...], then wrk_measure NAME URL [wrk options...] (with --latency,
+# output parsed into $WORK/wrk-NAME.json). Same threads, connections and timeout for both.
+wrk_load() { WRK_LOAD=(-t"$WRK_THREADS" -c"$WRK_CONNECTIONS" --timeout 10s); }
+wrk_warmup() {
+    local url=$1
+    shift
+    wrk_load
+    log "wrk warm-up ${WRK_WARMUP}s: $url"
+    wrk "${WRK_LOAD[@]}" -d"${WRK_WARMUP}s" "$@" "$url" >"$WORK/wrk-warmup.txt"
+}
+wrk_measure() {
+    local name=$1 url=$2
+    shift 2
+    wrk_load
+    log "wrk ${WRK_DURATION}s: wrk ${WRK_LOAD[*]} -d${WRK_DURATION}s --latency $* $url"
+    wrk "${WRK_LOAD[@]}" -d"${WRK_DURATION}s" --latency "$@" "$url" | tee "$WORK/wrk-$name.txt" >&2
+    python3 "$BENCH_PY" wrk --file "$WORK/wrk-$name.txt" --result "$WORK/wrk-$name.json" >/dev/null
+}
+
+single_write_ratio() {
+    local live=http://127.0.0.1:$APP_PORT/health/live post=http://127.0.0.1:$APP_PORT/api/metrics
+    local script=(-s "$BENCH_DIR/post_metric.lua")
+    wrk_warmup "$live"
+    wrk_measure live "$live"
+    wrk_warmup "$post" "${script[@]}"
+    sleep 2 # requests in flight when the warm-up stopped
+    local before after requests non2xx stored
+    before=$(sql "select count(*) from metrics where metric_type = 'bench_single'")
+    wrk_measure post "$post" "${script[@]}"
+    sleep 2 # requests in flight when wrk stopped
+    after=$(sql "select count(*) from metrics where metric_type = 'bench_single'")
+    requests=$(json_get "$WORK/wrk-post.json" requests)
+    non2xx=$(json_get "$WORK/wrk-post.json" non_2xx)
+    stored=$((after - before))
+    [[ $non2xx -eq 0 ]] \
+        || die "POST /api/metrics: $non2xx of $requests responses were not 2xx (server log: $WORK/app.log; use --keep-work)"
+    # Every 201 is a committed row; a few more rows may come from requests in flight at the end.
+    ((stored >= requests && stored <= requests + WRK_CONNECTIONS)) \
+        || die "POST /api/metrics: wrk counted $requests responses, but $stored rows were stored"
+    fact post_rows_stored "$stored"
+}
+
+# load_stage a|b: batch stage through the API, timed.
+load_stage() {
+    sql "checkpoint"
+    log "batch stage $1: POST /api/metrics/batch, $BATCH_CONCURRENCY concurrent"
+    python3 "$BENCH_PY" batch --data "$WORK/data" --stage "$1" --port "$APP_PORT" \
+        --concurrency "$BATCH_CONCURRENCY" --result "$WORK/batch-$1.json"
+}
+
+# measure_summaries a|b LOADED: uncached summaries through the summary server, and the exact
+# count and percentiles from the raw rows for comparison.
+measure_summaries() {
+    local stage=$1 loaded=$2 began
+    began=$SECONDS
+    sql "vacuum (analyze)"
+    fact "vacuum_$stage" "$((SECONDS - began))s"
+    log "uncached summaries at $loaded points ($SUMMARY_WARMUP warm-up + $SUMMARY_REQUESTS per period)"
+    python3 "$BENCH_PY" summary --port "$SUMMARY_PORT" --type "$METRIC_TYPE" \
+        --requests "$SUMMARY_REQUESTS" --warmup "$SUMMARY_WARMUP" --expect-count "$loaded" \
+        --result "$WORK/summary-$stage.json"
+    sql "select json_build_object('count', count(*), 'percentiles',
+                percentile_cont(array[0.5, 0.95, 0.99]) within group (order by value))
+         from metrics where metric_type = '$METRIC_TYPE'" >"$WORK/exact-$stage.json"
+}
+
+copy_load() {
+    log "psql \\copy of the same rows into metrics_copy"
+    sql "create table metrics_copy (like metrics including all)"
+    [[ $(sql "select attidentity from pg_attribute where attrelid = 'metrics_copy'::regclass and attname = 'id'") == a ]] \
+        || die "metrics_copy did not get the identity column"
+    local stage
+    for stage in a b; do
+        sql "checkpoint"
+        python3 "$BENCH_PY" copy --data "$WORK/data" --stage "$stage" --result "$WORK/copy-$stage.json"
+    done
+    [[ $(sql "select count(*) from metrics_copy") -eq $POINTS ]] || die "metrics_copy does not hold $POINTS rows"
+    sql "drop table metrics_copy"
+}
+
+# log_summary FILE: how many WARN/ERROR lines, and the first one without colour codes.
+log_summary() {
+    local pattern=' (WARN|ERROR) |"level":"(WARN|ERROR)"' plain count first
+    plain=$(sed 's/\x1b\[[0-9;]*m//g' "$1")
+    count=$(grep -cE "$pattern" <<<"$plain" || true)
+    first=$(grep -m1 -E "$pattern" <<<"$plain" | cut -c1-160 || true)
+    printf '%s WARN/ERROR lines%s' "$count" "${first:+ (first: $first)}"
+}
+
+peak_rss_kb() {
+    kill -0 "$1" 2>/dev/null || die "server process $1 is gone"
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
+}
+
+record_machine() {
+    local mem_kb cpu
+    mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+    cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    fact started "$STARTED_UTC"
+    fact mode "$MODE"
+    fact points "$POINTS"
+    fact nproc "$(nproc)"
+    fact cpu "${cpu:-unknown CPU model}"
+    fact memory "$(awk -v kb="$mem_kb" 'BEGIN { printf "%.1f GiB", kb / 1048576 }')"
+    fact kernel "$(uname -r)"
+    fact pg_version "$(sql "show server_version")"
+    fact pg_image "$PG_IMAGE"
+    fact redis_version "$(docker exec "$REDIS_NAME" redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
+    fact redis_image "$REDIS_IMAGE"
+    fact wrk_version "$({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')"
+    fact rustc_version "$(rustc --version 2>/dev/null || echo 'rustc not installed')"
+    fact psql_version "$(psql --version | awk '{ print $3 }')"
+    fact python_version "$(python3 -c 'import platform; print(platform.python_version())')"
+    fact binary "$BINARY (sha256 $(sha256sum "$BINARY" | cut -c1-12))"
+    fact source "$SOURCE"
+    fact settings "PostgreSQL: ${PG_SETTINGS[*]}, everything else default (fsync=on, synchronous_commit=on, checked); servers: RUST_LOG=warn, RATE_LIMIT_REQUESTS=100000000 (limiter in the path), EXTERNAL_SERVICE_FAILURE_RATE=0"
+    fact wrk_load "wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WRK_DURATION}s after a ${WRK_WARMUP}s warm-up"
+}
+
+# --- main -------------------------------------------------------------------------------------
+
+ensure_tools
+ensure_images
+ensure_binary
+check_ports
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ra-bench.XXXXXX")
+: >"$WORK/facts.tsv"
+log "work directory $WORK; N = $POINTS points ($MODE)"
+
+log "generating $POINTS points (before any timing)"
+python3 "$BENCH_PY" generate --points "$POINTS" --out "$WORK/data" --type "$METRIC_TYPE"
+STAGE_A=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["stages"]["a"]["points"])' "$WORK/data/manifest.json")
+
+start_containers
+log "starting the server on 127.0.0.1:$APP_PORT (RUST_LOG=warn)"
+start_server app "$APP_PORT" "redis://127.0.0.1:$REDIS_PORT/0"
+APP_PID=$SERVER_PID
+wait_for "the server to be healthy" 120 health_is "$APP_PORT" "$APP_PID" healthy
+log "starting the summary server on 127.0.0.1:$SUMMARY_PORT, Redis on closed port $CLOSED_PORT (no cache)"
+start_server summary "$SUMMARY_PORT" "redis://127.0.0.1:$CLOSED_PORT/0"
+SUMMARY_PID=$SERVER_PID
+wait_for "the summary server to be up without Redis" 60 health_is "$SUMMARY_PORT" "$SUMMARY_PID" degraded
+record_machine
+
+log "step 2: single-write throughput ratio"
+single_write_ratio
+rss=$(peak_rss_kb "$APP_PID")
+fact rss_after_single_kb "$rss"
+
+log "step 3: batch ingest, first $STAGE_A points"
+load_stage a
+log "step 5: uncached summaries at $STAGE_A points"
+measure_summaries a "$STAGE_A"
+log "step 3: batch ingest, remaining $((POINTS - STAGE_A)) points"
+load_stage b
+log "step 5: uncached summaries at $POINTS points"
+rss=$(peak_rss_kb "$APP_PID")
+fact rss_after_batch_kb "$rss"
+measure_summaries b "$POINTS"
+copy_load
+
+log "step 4: peak RSS"
+rss=$(peak_rss_kb "$APP_PID")
+fact rss_kb "$rss"
+rss=$(peak_rss_kb "$SUMMARY_PID")
+fact rss_summary_kb "$rss"
+fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
+fact log_lines "server: $(log_summary "$WORK/app.log"); summary server: $(log_summary "$WORK/summary.log") (Redis unreachable is expected there)"
+fact notes "The first 10% of the batch data is every tenth point, so it also spans the 30 days (daily and hourly windows are populated at both sizes). Batch and \\copy rates are over the two stages' load times (pauses excluded), each stage after a CHECKPOINT. Summaries: second server process with REDIS_URL on closed port $CLOSED_PORT (no cache; X-Cache MISS checked), one keep-alive connection, $SUMMARY_WARMUP warm-up requests per period excluded, median and nearest-rank p99 of $SUMMARY_REQUESTS sequential requests, after VACUUM (ANALYZE) (which took $(awk -F'\t' '$1 ~ /^vacuum_/ { printf "%s%s", sep, $2; sep = " and " }' "$WORK/facts.tsv")). Each uncached summary also awaits the simulated enrichment call (50-150 ms), concurrently with the query. metrics_copy is \`like metrics including all\` (columns, defaults, identity, constraints, indexes), without whatever else the service maintains on insert."
+
+log "step 6: report"
+mkdir -p "$BENCH_DIR/results"
+report_args=(--work "$WORK" --out "$RESULT_FILE")
+[[ $STRICT -eq 0 ]] || report_args+=(--strict)
+report_rc=0
+python3 "$BENCH_PY" report "${report_args[@]}" || report_rc=$?
+case $report_rc in
+    0) ;;
+    2) echo "bench: targets missed (--strict); see $RESULT_FILE" >&2; exit 2 ;;
+    *) die "the report failed (exit $report_rc)" ;;
+esac
