@@ -1,6 +1,7 @@
--- Pre-aggregates of the metrics table, kept in the same transaction as every insert, so that
--- summaries and series over millions of points are answered from a few rows. The raw metrics
--- table stays the source of truth; these rows can be rebuilt from it at any time.
+-- Pre-aggregates of the metrics table, so that summaries and series over millions of points
+-- are answered from a few rows. Every insert adds its aggregates to metric_rollup_deltas in
+-- the same statement; the service folds those into metric_rollups. The raw metrics table
+-- stays the source of truth; these rows can be rebuilt from it at any time.
 
 -- The bucket of a value in the quantile sketch: logarithmic buckets with 0.5% relative
 -- accuracy (gamma = 1.005 / 0.995), "p<i>" for positive values, "n<i>" for negative ones,
@@ -42,6 +43,20 @@ return (
 comment on function metric_sketch_merge(jsonb, jsonb) is
     'Merges two quantile sketches of metric_rollups (adds the counts of equal buckets).';
 
+create function metric_sketch_merge_all(sketches jsonb[]) returns jsonb
+    language sql immutable strict parallel safe
+return (
+    select coalesce(jsonb_object_agg(key, total), '{}'::jsonb)
+    from (
+        select key, sum(value::bigint) as total
+        from unnest(sketches) as sketch, jsonb_each_text(sketch)
+        group by key
+    ) as merged
+);
+
+comment on function metric_sketch_merge_all(jsonb[]) is
+    'Merges any number of quantile sketches of metric_rollups.';
+
 create table metric_rollups (
     metric_type  text             not null,
     resolution   text             not null,
@@ -59,8 +74,8 @@ create table metric_rollups (
 );
 
 comment on table metric_rollups is
-    'Per type, per UTC minute, hour and day: aggregates of metrics rows by recorded_at, '
-    'maintained in the same transaction as the inserts. Derived data: metrics is the source of truth.';
+    'Per type, per UTC minute, hour and day: aggregates of metrics rows by recorded_at. '
+    'Recent inserts may still be in metric_rollup_deltas. Derived data: metrics is the source of truth.';
 comment on column metric_rollups.metric_type is 'metrics.metric_type';
 comment on column metric_rollups.resolution is 'minute, hour or day';
 comment on column metric_rollups.bucket_start is 'Start of the UTC minute, hour or day (date_trunc in UTC of recorded_at).';
@@ -73,6 +88,30 @@ comment on column metric_rollups.latest_id is 'id of that point.';
 comment on column metric_rollups.latest_value is 'value of that point.';
 comment on column metric_rollups.sketch is
     'Quantile sketch: JSON object of bucket key (metric_sketch_key) to count; percentiles within 0.5% relative error.';
+
+-- Inserts append here, one row per type and minute they touch, without locking anything;
+-- a background task of the service folds these rows into metric_rollups every second.
+-- Until then, queries read them beside the rollups.
+create table metric_rollup_deltas (
+    id           bigint generated always as identity primary key,
+    metric_type  text             not null,
+    minute       timestamptz      not null,
+    count        bigint           not null,
+    sum          double precision not null,
+    min          double precision not null,
+    max          double precision not null,
+    latest_at    timestamptz      not null,
+    latest_id    bigint           not null,
+    latest_value double precision not null,
+    sketch       jsonb            not null
+);
+
+create index metric_rollup_deltas_type_minute_idx on metric_rollup_deltas (metric_type, minute);
+
+comment on table metric_rollup_deltas is
+    'Aggregates of recent inserts per type and UTC minute, not yet folded into metric_rollups '
+    '(the service does so every second). A point is counted in exactly one of the two tables.';
+comment on column metric_rollup_deltas.minute is 'Start of the UTC minute the points were recorded in.';
 
 -- Rollups for the points stored before this migration.
 insert into metric_rollups

@@ -15,9 +15,8 @@ use crate::{
 
 /// Points in one group-committed insert, at most.
 const MAX_GROUP_POINTS: usize = 1_000;
-/// Inserts in flight at once; while they run, new writes queue up into the next group. More
-/// would only wait: inserts of one type serialise on the rows of its rollups.
-const MAX_CONCURRENT_INSERTS: usize = 2;
+/// Inserts in flight at once; while they run, new writes queue up into the next group.
+const MAX_CONCURRENT_INSERTS: usize = 4;
 /// Writes waiting for a group, at most; further writers wait for room.
 const QUEUE_CAPACITY: usize = 10_000;
 

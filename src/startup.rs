@@ -38,6 +38,9 @@ pub enum StartupError {
     },
 }
 
+/// How often pending rollup deltas are folded into the rollups.
+const ROLLUP_COMPACTION_PERIOD: Duration = Duration::from_secs(1);
+
 /// After the listener closes, connections keep being served this long before they are asked
 /// to close (each then finishes the request it is serving).
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
@@ -55,6 +58,7 @@ impl Application {
         let storage =
             Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
         storage.spawn_migrations();
+        storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD);
         let redis = RedisConnection::new(&settings.redis_url).map_err(StartupError::RedisUrl)?;
         let enrichment = EnrichmentClient::new(
             SimulatedService::new(settings.external_service.failure_rate),

@@ -43,8 +43,8 @@ impl Storage {
             recorded.push(point.timestamp);
             tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
         }
-        // The rollups of every touched minute, hour and day are updated by the same statement,
-        // in key order so that concurrent inserts lock them in the same order.
+        // The same statement appends the batch's per-minute aggregates to the rollup deltas:
+        // an insert locks nothing but its own rows, and the rollups always agree with it.
         let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
@@ -53,33 +53,17 @@ impl Storage {
                 select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
                 returning id, metric_type, value, recorded_at, ingested_at
             ),
-            rolled as (
-                select metric_type, resolution, bucket_start,
-                       count(*) as count, sum(value) as sum, min(value) as min, max(value) as max,
-                       (array_agg(recorded_at order by recorded_at desc, id desc))[1] as latest_at,
-                       (array_agg(id order by recorded_at desc, id desc))[1] as latest_id,
-                       (array_agg(value order by recorded_at desc, id desc))[1] as latest_value,
-                       metric_sketch_of(array_agg(value)) as sketch
+            deltas as (
+                insert into metric_rollup_deltas
+                    (metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
+                select metric_type, date_trunc('minute', recorded_at, 'UTC'),
+                       count(*), sum(value), min(value), max(value),
+                       (array_agg(recorded_at order by recorded_at desc, id desc))[1],
+                       (array_agg(id order by recorded_at desc, id desc))[1],
+                       (array_agg(value order by recorded_at desc, id desc))[1],
+                       metric_sketch_of(array_agg(value))
                 from inserted
-                cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
-                cross join lateral (select date_trunc(resolution, recorded_at, 'UTC') as bucket_start) as bucket
-                group by metric_type, resolution, bucket_start
-            ),
-            upserted as (
-                insert into metric_rollups as r
-                select * from rolled order by metric_type, resolution, bucket_start
-                on conflict (metric_type, resolution, bucket_start) do update set
-                    count = r.count + excluded.count,
-                    sum = r.sum + excluded.sum,
-                    min = least(r.min, excluded.min),
-                    max = greatest(r.max, excluded.max),
-                    latest_at = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
-                                     then excluded.latest_at else r.latest_at end,
-                    latest_id = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
-                                     then excluded.latest_id else r.latest_id end,
-                    latest_value = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
-                                        then excluded.latest_value else r.latest_value end,
-                    sketch = metric_sketch_merge(r.sketch, excluded.sketch)
+                group by 1, 2
             )
             select id as "id!", ingested_at as "ingested_at!" from inserted
             "#,

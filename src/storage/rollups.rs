@@ -62,6 +62,8 @@ struct Plan {
     rollups: Vec<(Resolution, DateTime<Utc>, DateTime<Utc>)>,
     /// Raw rows recorded in `[from, to)`: the partial minute the window starts in.
     raw: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Deltas not yet folded into the rollups, of minutes from this one on.
+    deltas_from: DateTime<Utc>,
 }
 
 fn plan(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
@@ -105,7 +107,11 @@ fn plan(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
         push(Resolution::Hour, hours_from, recent);
     }
     push(Resolution::Minute, recent, end_of_time());
-    Plan { rollups, raw }
+    Plan {
+        rollups,
+        raw,
+        deltas_from: start,
+    }
 }
 
 impl Storage {
@@ -134,6 +140,10 @@ impl Storage {
                   on r.metric_type = $1 and r.resolution = s.resolution
                  and r.bucket_start >= s.from_ts and r.bucket_start < s.to_ts
                 union all
+                select d.count, d.sum, d.min, d.max, d.latest_at, d.latest_id, d.latest_value, d.sketch
+                from metric_rollup_deltas d
+                where d.metric_type = $1 and d.minute >= $7
+                union all
                 select count(*), sum(value), min(value), max(value),
                        (array_agg(recorded_at order by recorded_at desc, id desc))[1],
                        (array_agg(id order by recorded_at desc, id desc))[1],
@@ -149,9 +159,7 @@ impl Storage {
                 coalesce(min(min), 0) as "min!",
                 coalesce(max(max), 0) as "max!",
                 (select latest_value from parts order by latest_at desc, latest_id desc limit 1) as latest,
-                (select jsonb_object_agg(key, total)
-                 from (select key, sum(value::bigint) as total
-                       from parts, jsonb_each_text(parts.sketch) group by key) as merged) as sketch
+                metric_sketch_merge_all(array_agg(sketch)) as sketch
             from parts
             "#,
             metric_type,
@@ -160,6 +168,7 @@ impl Storage {
             &ends,
             raw_from,
             raw_to,
+            plan.deltas_from,
         )
         .fetch_one(&self.pool);
         let row = self.run(row).await?;
@@ -257,15 +266,24 @@ impl Storage {
             SeriesPoint,
             // language=PostgreSQL
             r#"
+            with parts as (
+                select bucket_start as start, count, sum, min, max
+                from metric_rollups
+                where metric_type = $1 and resolution = $2
+                  and bucket_start >= $3 and bucket_start <= $4
+                union all
+                select minute, count, sum, min, max
+                from metric_rollup_deltas
+                where metric_type = $1 and minute >= $3 and minute < $4::timestamptz + $5::bigint * interval '1 second'
+            )
             select b.start as "start!",
-                   coalesce(sum(r.count), 0)::bigint as "count!",
-                   sum(r.sum) / nullif(sum(r.count), 0) as avg,
-                   min(r.min) as min,
-                   max(r.max) as max
+                   coalesce(sum(p.count), 0)::bigint as "count!",
+                   sum(p.sum) / nullif(sum(p.count), 0) as avg,
+                   min(p.min) as min,
+                   max(p.max) as max
             from generate_series($3::timestamptz, $4::timestamptz, $5::bigint * interval '1 second') as b (start)
-            left join metric_rollups r
-              on r.metric_type = $1 and r.resolution = $2
-             and r.bucket_start >= b.start and r.bucket_start < b.start + $5::bigint * interval '1 second'
+            left join parts p
+              on p.start >= b.start and p.start < b.start + $5::bigint * interval '1 second'
             group by b.start
             order by b.start
             "#,
@@ -277,6 +295,89 @@ impl Storage {
         )
         .fetch_all(&self.pool);
         self.run(rows).await
+    }
+}
+
+/// Deltas folded into the rollups per statement, at most.
+const COMPACTION_BATCH: i64 = 5_000;
+
+impl Storage {
+    /// Folds pending deltas into the minute, hour and day rollups; returns how many it folded.
+    /// Deltas are taken with SKIP LOCKED and deleted in the same transaction, so instances
+    /// can run this concurrently and each delta is counted exactly once.
+    pub async fn compact_rollups(&self) -> Result<u64, StorageError> {
+        let moved = sqlx::query_scalar!(
+            // language=PostgreSQL
+            r#"
+            with moved as (
+                delete from metric_rollup_deltas d
+                using (select id from metric_rollup_deltas order by id limit $1 for update skip locked) picked
+                where d.id = picked.id
+                returning d.metric_type, d.minute, d.count, d.sum, d.min, d.max,
+                          d.latest_at, d.latest_id, d.latest_value, d.sketch
+            ),
+            rolled as (
+                select metric_type, resolution, date_trunc(resolution, minute, 'UTC') as bucket_start,
+                       sum(count)::bigint, sum(sum), min(min), max(max),
+                       (array_agg(latest_at order by latest_at desc, latest_id desc))[1],
+                       (array_agg(latest_id order by latest_at desc, latest_id desc))[1],
+                       (array_agg(latest_value order by latest_at desc, latest_id desc))[1],
+                       metric_sketch_merge_all(array_agg(sketch))
+                from moved
+                cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
+                group by 1, 2, 3
+            ),
+            upserted as (
+                -- In key order, so concurrent compactions lock rows in the same order.
+                insert into metric_rollups as r
+                select * from rolled order by metric_type, resolution, bucket_start
+                on conflict (metric_type, resolution, bucket_start) do update set
+                    count = r.count + excluded.count,
+                    sum = r.sum + excluded.sum,
+                    min = least(r.min, excluded.min),
+                    max = greatest(r.max, excluded.max),
+                    latest_at = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                     then excluded.latest_at else r.latest_at end,
+                    latest_id = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                     then excluded.latest_id else r.latest_id end,
+                    latest_value = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
+                                        then excluded.latest_value else r.latest_value end,
+                    sketch = metric_sketch_merge(r.sketch, excluded.sketch)
+            )
+            select count(*) as "moved!" from moved
+            "#,
+            COMPACTION_BATCH,
+        )
+        .fetch_one(&self.pool);
+        Ok(self.run(moved).await? as u64)
+    }
+
+    /// Folds deltas every `period`, for as long as the process runs.
+    pub fn spawn_rollup_compaction(
+        &self,
+        period: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if !storage.is_migrated() {
+                    continue;
+                }
+                loop {
+                    match storage.compact_rollups().await {
+                        Ok(moved) if moved as i64 == COMPACTION_BATCH => continue,
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::debug!(%error, "rollup compaction failed; retrying later");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -345,6 +446,11 @@ mod tests {
         assert_eq!(
             plan.raw,
             Some((at("2026-11-29T10:30:15Z"), at("2026-11-29T10:31:00Z")))
+        );
+        assert_eq!(
+            plan.deltas_from,
+            at("2026-11-29T10:31:00Z"),
+            "the raw minute is not counted twice"
         );
     }
 

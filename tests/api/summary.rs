@@ -1,9 +1,11 @@
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use std::time::Duration;
 
-async fn post_at(app: &crate::helpers::TestApp, metric_type: &str, value: f64, ago: TimeDelta) {
+use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with};
+
+async fn post_at(app: &TestApp, metric_type: &str, value: f64, ago: TimeDelta) {
     let body = json!({
         "timestamp": (Utc::now() - ago).to_rfc3339(),
         "value": value,
@@ -81,6 +83,22 @@ async fn summaries_match_sql_over_the_raw_rows_for_every_period() {
     let pool = sqlx::PgPool::connect(&app.settings.database_url)
         .await
         .unwrap();
+    // Right after the writes, while their aggregates are still deltas, and once the service has
+    // folded them into the rollups.
+    check_against_raw_rows(&app, &pool, "deltas pending").await;
+    let folded = eventually(Duration::from_secs(15), || async {
+        let pending: i64 = sqlx::query_scalar("select count(*) from metric_rollup_deltas")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (pending == 0).then_some(())
+    })
+    .await;
+    assert!(folded.is_some(), "deltas were not folded into the rollups");
+    check_against_raw_rows(&app, &pool, "deltas folded").await;
+}
+
+async fn check_against_raw_rows(app: &TestApp, pool: &sqlx::PgPool, phase: &str) {
     for (period, interval) in [
         ("all", "1000 years"),
         ("daily", "24 hours"),
@@ -96,15 +114,15 @@ async fn summaries_match_sql_over_the_raw_rows_for_every_period() {
              from metrics where metric_type = 'acc' and recorded_at >= now() - $1::interval",
             )
             .bind(interval)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .unwrap();
-        assert_eq!(body["count"], count, "{period}");
+        assert_eq!(body["count"], count, "{phase}: {period}");
         let close = |field: &str, exact: f64, tolerance: f64| {
             let got = body[field].as_f64().unwrap();
             assert!(
                 (got - exact).abs() <= tolerance * exact.abs().max(1e-9),
-                "{period} {field}: {got} vs {exact}"
+                "{phase}: {period} {field}: {got} vs {exact}"
             );
         };
         close("average_value", avg, 1e-9);
@@ -116,7 +134,7 @@ async fn summaries_match_sql_over_the_raw_rows_for_every_period() {
         let latest: f64 = sqlx::query_scalar(
             "select value from metrics where metric_type = 'acc' order by recorded_at desc, id desc limit 1",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
         close("latest_value", latest, 0.0);
