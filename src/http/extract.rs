@@ -19,12 +19,13 @@ use tower_http::timeout::TimeoutError;
 use super::{AppState, MAX_BODY_BYTES, error::ApiError};
 use crate::metric::FieldError;
 
-/// A JSON body of at most `LIMIT` bytes, parsed but not yet validated: 415 without a JSON
-/// content type or with an encoding other than gzip, 413 over the limit (also after
-/// decompression), 400 when it is not JSON. The route's `DefaultBodyLimit` must be `LIMIT`.
-pub(super) struct ApiJson<const LIMIT: usize = MAX_BODY_BYTES>(pub(super) Value);
+/// A JSON body of at most `LIMIT` bytes, parsed into `T` (by default a `Value`, validated by
+/// the handler): 415 without a JSON content type or with an encoding other than gzip, 413
+/// over the limit (also after decompression), 400 when it is not JSON, 422 when it is JSON of
+/// another shape than `T`. The route's `DefaultBodyLimit` must be `LIMIT`.
+pub(super) struct ApiJson<const LIMIT: usize = MAX_BODY_BYTES, T = Value>(pub(super) T);
 
-impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<LIMIT> {
+impl<S: Send + Sync, const LIMIT: usize, T: DeserializeOwned> FromRequest<S> for ApiJson<LIMIT, T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -67,9 +68,13 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<LIMIT> {
         } else {
             bytes
         };
-        serde_json::from_slice(&json)
-            .map(Self)
-            .map_err(|error| ApiError::MalformedJson(error.to_string()))
+        serde_json::from_slice(&json).map(Self).map_err(|error| {
+            if error.is_data() {
+                ApiError::Validation(vec![FieldError::new("body", error.to_string())])
+            } else {
+                ApiError::MalformedJson(error.to_string())
+            }
+        })
     }
 }
 

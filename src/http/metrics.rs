@@ -8,7 +8,7 @@ use axum::{
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
@@ -83,9 +83,10 @@ pub(super) async fn create_metric(
 /// A batch's body: `{"metrics": [point, ...]}`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct MetricBatch {
-    /// 1 to 10,000 points of the single-point shape (each validated on its own).
+    /// 1 to 10,000 points of the single-point shape (each validated on its own). Kept as
+    /// raw text until then, so a large batch is never held as a whole tree of values.
     #[schema(value_type = Vec<MetricPoint>)]
-    metrics: Vec<Value>,
+    metrics: Vec<Box<RawValue>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -121,14 +122,8 @@ pub(super) struct RejectedPoint {
 )]
 pub(super) async fn create_batch(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<MAX_BATCH_BYTES>,
+    ApiJson(MetricBatch { metrics: items }): ApiJson<MAX_BATCH_BYTES, MetricBatch>,
 ) -> Result<impl IntoResponse> {
-    let Ok(MetricBatch { metrics: items }) = serde_json::from_value(body) else {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "metrics",
-            "must be an array of metric points",
-        )]));
-    };
     if items.len() > MAX_BATCH_POINTS {
         return Err(ApiError::TooManyPoints {
             limit: MAX_BATCH_POINTS,
@@ -137,7 +132,11 @@ pub(super) async fn create_batch(
     let mut points = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        match MetricPoint::from_json(item) {
+        // Valid JSON, but a number can still be out of range once parsed.
+        let point = serde_json::from_str::<Value>(item.get())
+            .map_err(|error| vec![FieldError::new("body", error.to_string())])
+            .and_then(|item| MetricPoint::from_json(&item));
+        match point {
             Ok(point) => points.push(point),
             Err(errors) => rejected.push(RejectedPoint { index, errors }),
         }

@@ -213,3 +213,25 @@ async fn a_batch_counts_as_one_request_for_the_rate_limiter() {
     assert_eq!(response.status(), 429);
     assert_eq!(app.count_rows("limited").await, 101);
 }
+
+#[tokio::test]
+async fn a_number_out_of_range_rejects_its_point_not_the_batch() {
+    let app = spawn_app().await;
+    let valid = metric("range", 1.0).to_string();
+    let body = format!(
+        r#"{{"metrics": [{{"timestamp": "2026-01-01T00:00:00Z", "value": 1e400, "type": "range"}}, {valid}]}}"#
+    );
+    let response = app
+        .client
+        .post(app.url("/api/metrics/batch"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["rejected"][0]["index"], 0);
+    assert_eq!(app.count_rows("range").await, 1);
+}
