@@ -203,7 +203,13 @@ start_containers() {
     log "starting Redis ($REDIS_IMAGE) on 127.0.0.1:$REDIS_PORT"
     docker run -d --name "$REDIS_NAME" --label resilient-analytics.bench=1 \
         -p "127.0.0.1:$REDIS_PORT:6379" "$REDIS_IMAGE" >/dev/null
-    export PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres PGPASSWORD=postgres PGDATABASE=analytics \
+    # The server and psql talk to the containers' own addresses on the bridge network, as an
+    # app container would: through the published ports, docker's userland proxy would copy
+    # every byte and take a large share of these 2 cores.
+    PG_ADDR=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$PG_NAME")
+    REDIS_ADDR=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$REDIS_NAME")
+    [[ -n $PG_ADDR && -n $REDIS_ADDR ]] || die "cannot find the containers' addresses"
+    export PGHOST=$PG_ADDR PGPORT=5432 PGUSER=postgres PGPASSWORD=postgres PGDATABASE=analytics \
         PGCONNECT_TIMEOUT=3
     wait_for "PostgreSQL" 120 pg_answers
     wait_for "Redis" 60 redis_answers
@@ -222,7 +228,7 @@ start_server() {
         cd "$WORK"
         exec env -i PATH="$PATH" HOME="$WORK" \
             APP_HOST=127.0.0.1 APP_PORT="$port" \
-            DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/analytics" \
+            DATABASE_URL="postgres://postgres:postgres@$PG_ADDR:5432/analytics" \
             REDIS_URL="$redis_url" \
             RATE_LIMIT_REQUESTS=100000000 RATE_LIMIT_WINDOW_SECONDS=60 \
             EXTERNAL_SERVICE_FAILURE_RATE=0 RUST_LOG=warn SHUTDOWN_GRACE_PERIOD_SECONDS=5 \
@@ -375,7 +381,7 @@ STAGE_A=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["stag
 
 start_containers
 log "starting the server on 127.0.0.1:$APP_PORT (RUST_LOG=warn)"
-start_server app "$APP_PORT" "redis://127.0.0.1:$REDIS_PORT/0"
+start_server app "$APP_PORT" "redis://$REDIS_ADDR:6379/0"
 APP_PID=$SERVER_PID
 wait_for "the server to be healthy" 120 health_is "$APP_PORT" "$APP_PID" healthy
 log "starting the summary server on 127.0.0.1:$SUMMARY_PORT, Redis on closed port $CLOSED_PORT (no cache)"
