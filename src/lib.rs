@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod enrichment;
 pub mod healthcheck;
