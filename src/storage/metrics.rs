@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use utoipa::ToSchema;
 
 use super::{Storage, StorageError};
-use crate::metric::MetricPoint;
+use crate::{metric::MetricPoint, sketch::QuantileSketch};
 
 /// What the database assigned to a stored point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,60 @@ pub struct StoredMetric {
     pub tags: BTreeMap<String, String>,
 }
 
+/// A batch's aggregates per type and UTC minute, as columns for `metric_rollup_deltas`.
+#[derive(Default)]
+struct MinuteDeltas<'a> {
+    types: Vec<&'a str>,
+    minutes: Vec<DateTime<Utc>>,
+    counts: Vec<i64>,
+    sums: Vec<f64>,
+    mins: Vec<f64>,
+    maxes: Vec<f64>,
+    latest_at: Vec<DateTime<Utc>>,
+    /// Position in the batch of the latest point (greatest timestamp, then position).
+    latest_positions: Vec<i64>,
+    latest_values: Vec<f64>,
+    sketches: Vec<serde_json::Value>,
+}
+
+impl<'a> MinuteDeltas<'a> {
+    fn of(points: &'a [MetricPoint]) -> Self {
+        let mut groups: BTreeMap<(&str, i64), Vec<usize>> = BTreeMap::new();
+        for (position, point) in points.iter().enumerate() {
+            let minute = point.timestamp.timestamp().div_euclid(60) * 60;
+            groups
+                .entry((point.metric_type.as_str(), minute))
+                .or_default()
+                .push(position);
+        }
+        let mut deltas = Self::default();
+        for ((metric_type, minute), positions) in groups {
+            let values = positions.iter().map(|&i| points[i].value);
+            let mut sketch = QuantileSketch::new();
+            values.clone().for_each(|v| sketch.insert(v));
+            let latest = *positions
+                .iter()
+                .max_by_key(|&&i| (points[i].timestamp, i))
+                .expect("a group holds at least one point");
+            deltas.types.push(metric_type);
+            deltas
+                .minutes
+                .push(DateTime::from_timestamp(minute, 0).expect("timestamps are in range"));
+            deltas.counts.push(positions.len() as i64);
+            deltas.sums.push(values.clone().sum());
+            deltas
+                .mins
+                .push(values.clone().fold(f64::INFINITY, f64::min));
+            deltas.maxes.push(values.fold(f64::NEG_INFINITY, f64::max));
+            deltas.latest_at.push(points[latest].timestamp);
+            deltas.latest_positions.push(latest as i64);
+            deltas.latest_values.push(points[latest].value);
+            deltas.sketches.push(sketch.to_json());
+        }
+        deltas
+    }
+}
+
 impl Storage {
     /// Stores the points in one statement (one transaction); the result is in their order.
     #[tracing::instrument(skip_all, fields(points = points.len()))]
@@ -43,27 +97,32 @@ impl Storage {
             recorded.push(point.timestamp);
             tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
         }
-        // The same statement appends the batch's per-minute aggregates to the rollup deltas:
-        // an insert locks nothing but its own rows, and the rollups always agree with it.
+        let deltas = MinuteDeltas::of(points);
+        // The same statement appends the batch's per-minute aggregates (computed here, where
+        // the values already are) to the rollup deltas: an insert locks nothing but its own
+        // rows, and the rollups always agree with it. Ids are drawn in the arrays' order, so
+        // the n-th smallest id is the n-th point's: that gives each delta its latest point's id.
         let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
             with inserted as (
                 insert into metrics (metric_type, value, recorded_at, tags)
                 select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
-                returning id, metric_type, value, recorded_at, ingested_at
+                returning id, ingested_at
+            ),
+            positions as (
+                select id, row_number() over (order by id) - 1 as position from inserted
             ),
             deltas as (
                 insert into metric_rollup_deltas
                     (metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
-                select metric_type, date_trunc('minute', recorded_at, 'UTC'),
-                       count(*), sum(value), min(value), max(value),
-                       (array_agg(recorded_at order by recorded_at desc, id desc))[1],
-                       (array_agg(id order by recorded_at desc, id desc))[1],
-                       (array_agg(value order by recorded_at desc, id desc))[1],
-                       metric_sketch_of(array_agg(value))
-                from inserted
-                group by 1, 2
+                select d.metric_type, d.minute, d.count, d.sum, d.min, d.max, d.latest_at, p.id,
+                       d.latest_value, d.sketch
+                from unnest($5::text[], $6::timestamptz[], $7::int8[], $8::float8[], $9::float8[],
+                            $10::float8[], $11::timestamptz[], $12::int8[], $13::float8[], $14::jsonb[])
+                     as d (metric_type, minute, count, sum, min, max, latest_at, latest_position,
+                           latest_value, sketch)
+                join positions p on p.position = d.latest_position
             )
             select id as "id!", ingested_at as "ingested_at!" from inserted
             "#,
@@ -71,6 +130,16 @@ impl Storage {
             &values,
             &recorded,
             &tags,
+            &deltas.types as &[&str],
+            &deltas.minutes,
+            &deltas.counts,
+            &deltas.sums,
+            &deltas.mins,
+            &deltas.maxes,
+            &deltas.latest_at,
+            &deltas.latest_positions,
+            &deltas.latest_values,
+            &deltas.sketches,
         )
         .fetch_all(&self.pool);
         let mut rows = self.run(rows).await?;
