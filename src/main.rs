@@ -2,11 +2,6 @@ use std::process::ExitCode;
 
 use resilient_analytics::{config::Settings, healthcheck, startup::Application, telemetry};
 
-/// Requests allocate many small, short-lived objects (JSON values, strings, futures); glibc's
-/// allocator spent about a sixth of the server's CPU on them under write load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match Settings::from_env() {
