@@ -28,21 +28,7 @@ return (
 comment on function metric_sketch_of(double precision[]) is
     'Quantile sketch of the values, as stored in metric_rollups.sketch.';
 
--- Merging two sketches adds the counts of equal buckets.
-create function metric_sketch_merge(a jsonb, b jsonb) returns jsonb
-    language sql immutable strict parallel safe
-return (
-    select coalesce(jsonb_object_agg(key, total), '{}'::jsonb)
-    from (
-        select key, sum(value::bigint) as total
-        from (select * from jsonb_each_text(a) union all select * from jsonb_each_text(b)) as pairs
-        group by key
-    ) as merged
-);
-
-comment on function metric_sketch_merge(jsonb, jsonb) is
-    'Merges two quantile sketches of metric_rollups (adds the counts of equal buckets).';
-
+-- Merging sketches adds the counts of equal buckets.
 create function metric_sketch_merge_all(sketches jsonb[]) returns jsonb
     language sql immutable strict parallel safe
 return (

@@ -342,7 +342,7 @@ impl Storage {
                                      then excluded.latest_id else r.latest_id end,
                     latest_value = case when (excluded.latest_at, excluded.latest_id) > (r.latest_at, r.latest_id)
                                         then excluded.latest_value else r.latest_value end,
-                    sketch = metric_sketch_merge(r.sketch, excluded.sketch)
+                    sketch = metric_sketch_merge_all(array[r.sketch, excluded.sketch])
             )
             select count(*) as "moved!" from moved
             "#,
