@@ -30,16 +30,26 @@ impl Ingestor {
     /// Starts the group-commit task; it ends when the last `Ingestor` clone is dropped.
     pub fn start(storage: Storage, cache: Arc<SummaryCache>) -> Self {
         let (group_storage, group_cache) = (storage.clone(), cache.clone());
-        let writes = Coalescer::start(MAX_GROUP_POINTS, MAX_CONCURRENT_INSERTS, move |points| {
-            let (storage, cache) = (group_storage.clone(), group_cache.clone());
-            async move {
-                match store(&storage, &cache, &points).await {
-                    Ok(stored) => stored.into_iter().map(Ok).collect(),
-                    // Every writer of the group gets the group's outcome.
-                    Err(error) => vec![Err(error); points.len()],
+        let writes = Coalescer::start(
+            MAX_GROUP_POINTS,
+            MAX_CONCURRENT_INSERTS,
+            move |points, slot| {
+                let (storage, cache) = (group_storage.clone(), group_cache.clone());
+                async move {
+                    let inserted = storage.insert_metrics(&points).await;
+                    // The next group may insert while this one makes the cache stale.
+                    drop(slot);
+                    match inserted {
+                        Ok(stored) => {
+                            invalidate_types(&cache, &points).await;
+                            stored.into_iter().map(Ok).collect()
+                        }
+                        // Every writer of the group gets the group's outcome.
+                        Err(error) => vec![Err(error); points.len()],
+                    }
                 }
-            }
-        });
+            },
+        );
         Self {
             writes: Arc::new(writes),
             storage,
@@ -70,7 +80,11 @@ async fn store(
     points: &[MetricPoint],
 ) -> Result<Vec<Stored>, StorageError> {
     let stored = storage.insert_metrics(points).await?;
+    invalidate_types(cache, points).await;
+    Ok(stored)
+}
+
+async fn invalidate_types(cache: &SummaryCache, points: &[MetricPoint]) {
     let types: BTreeSet<&str> = points.iter().map(|p| p.metric_type.as_str()).collect();
     cache.invalidate(types).await;
-    Ok(stored)
 }
