@@ -8,8 +8,9 @@ use std::{collections::BTreeSet, sync::Arc};
 use crate::{
     cache::SummaryCache,
     coalesce::Coalescer,
+    idempotency::{IN_FLIGHT_WAIT, IdempotentRequest, KEY_TTL},
     metric::MetricPoint,
-    storage::{Storage, StorageError, Stored},
+    storage::{KeyedWrite, Storage, StorageError, Stored, StoredResponse},
 };
 
 /// Points in one group-committed insert, at most.
@@ -64,6 +65,31 @@ impl Ingestor {
                 "the ingestion task has stopped".into(),
             ))
         })
+    }
+
+    /// Stores points under an `Idempotency-Key`, in their own transaction: the key and the
+    /// response `respond` makes are committed with them, unless the key was used before.
+    pub async fn write_idempotently(
+        &self,
+        request: &IdempotentRequest,
+        points: &[MetricPoint],
+        respond: impl FnOnce(&[Stored]) -> StoredResponse,
+    ) -> Result<KeyedWrite, StorageError> {
+        // Boxed: the transaction's future is large, and inline it would make every write
+        // handler's future (keyed or not) as large, to be moved around on every request.
+        let outcome = Box::pin(self.storage.insert_metrics_idempotently(
+            &request.key,
+            &request.fingerprint,
+            KEY_TTL,
+            IN_FLIGHT_WAIT,
+            points,
+            respond,
+        ))
+        .await?;
+        if matches!(outcome, KeyedWrite::Written(_)) {
+            invalidate_types(&self.cache, points).await;
+        }
+        Ok(outcome)
     }
 
     /// Stores many points in one statement; the result is in the points' order.

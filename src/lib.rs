@@ -10,6 +10,7 @@ pub mod config;
 pub mod enrichment;
 pub mod healthcheck;
 pub mod http;
+pub mod idempotency;
 pub mod ingest;
 pub mod metric;
 pub mod rate_limiter;

@@ -17,6 +17,7 @@ use crate::{
     config::{Settings, Timeouts},
     enrichment::{EnrichmentClient, SimulatedService},
     http::{self, AppState},
+    idempotency,
     ingest::Ingestor,
     rate_limiter::RateLimiter,
     redis_connection::RedisConnection,
@@ -59,6 +60,7 @@ impl Application {
             Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
         storage.spawn_migrations();
         storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD);
+        storage.spawn_idempotency_key_cleanup(idempotency::CLEANUP_PERIOD, idempotency::KEY_TTL);
         let redis = RedisConnection::new(&settings.redis_url).map_err(StartupError::RedisUrl)?;
         let enrichment = EnrichmentClient::new(
             SimulatedService::new(settings.external_service.failure_rate),

@@ -24,6 +24,12 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("invalid query parameters")]
     InvalidQuery(Vec<FieldError>),
+    #[error("invalid request header")]
+    InvalidHeader(FieldError),
+    #[error("this Idempotency-Key was used for another request within the last 24 hours")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
+    IdempotencyKeyInFlight,
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the body must be sent with Content-Type: application/json")]
@@ -74,6 +80,11 @@ impl ApiError {
         match self {
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "INVALID_QUERY"),
+            Self::InvalidHeader(_) => (StatusCode::BAD_REQUEST, "INVALID_HEADER"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED")
+            }
+            Self::IdempotencyKeyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_FLIGHT"),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "MALFORMED_JSON"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
@@ -104,6 +115,7 @@ impl ApiError {
             Self::Unavailable | Self::ExternalService(_) => {
                 Some(retry_after_secs(UNAVAILABLE_RETRY_AFTER))
             }
+            Self::IdempotencyKeyInFlight => Some(1),
             _ => None,
         }
     }
@@ -133,6 +145,7 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let errors = match self {
             Self::Validation(errors) | Self::InvalidQuery(errors) => Some(errors),
+            Self::InvalidHeader(error) => Some(vec![error]),
             _ => None,
         };
         let body = ErrorBody {

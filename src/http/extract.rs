@@ -17,7 +17,13 @@ use serde_json::Value;
 use tower_http::timeout::TimeoutError;
 
 use super::{AppState, MAX_BODY_BYTES, error::ApiError};
-use crate::metric::FieldError;
+use crate::{
+    idempotency::{IdempotentRequest, validate_key},
+    metric::FieldError,
+};
+
+/// The request header that makes a write idempotent.
+pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// A JSON body of at most `LIMIT` bytes, parsed into `T` (by default a `Value`, validated by
 /// the handler): 415 without a JSON content type or with an encoding other than gzip, 413
@@ -29,53 +35,100 @@ impl<S: Send + Sync, const LIMIT: usize, T: DeserializeOwned> FromRequest<S> for
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !has_json_content_type(request.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let gzipped = match request
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .map(|v| v.to_str())
-        {
-            None => false,
-            Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("identity") => false,
-            Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("gzip") => true,
-            Some(_) => return Err(ApiError::UnsupportedEncoding),
-        };
-        let too_large = ApiError::PayloadTooLarge { limit: LIMIT };
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit: LIMIT }
-                } else if caused_by::<TimeoutError>(&rejection) {
-                    ApiError::BodyReadTimeout
-                } else {
-                    ApiError::MalformedJson(rejection.body_text())
-                }
-            })?;
-        let json = if gzipped {
-            // Bounded, so a small compressed body cannot expand without limit.
-            let mut inflated = Vec::new();
-            GzDecoder::new(&bytes[..])
-                .take(LIMIT as u64 + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|error| ApiError::MalformedJson(format!("invalid gzip body: {error}")))?;
-            if inflated.len() > LIMIT {
-                return Err(too_large);
-            }
-            Bytes::from(inflated)
-        } else {
-            bytes
-        };
-        serde_json::from_slice(&json).map(Self).map_err(|error| {
-            if error.is_data() {
-                ApiError::Validation(vec![FieldError::new("body", error.to_string())])
-            } else {
-                ApiError::MalformedJson(error.to_string())
-            }
-        })
+        let json = json_body::<LIMIT, S>(request, state).await?;
+        parse_json(&json).map(Self)
     }
+}
+
+/// A write's JSON body as [`ApiJson`] reads it, and its `Idempotency-Key` if it has one
+/// (400 when the key breaks the rules).
+pub(super) struct IdempotentJson<const LIMIT: usize = MAX_BODY_BYTES, T = Value> {
+    pub(super) body: T,
+    pub(super) idempotency: Option<IdempotentRequest>,
+}
+
+impl<S: Send + Sync, const LIMIT: usize, T: DeserializeOwned> FromRequest<S>
+    for IdempotentJson<LIMIT, T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let key = match request.headers().get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) => {
+                let key = value
+                    .to_str()
+                    .map_err(|_| "must hold only visible ASCII characters".to_owned())
+                    .and_then(validate_key)
+                    .map_err(|message| {
+                        ApiError::InvalidHeader(FieldError::new("Idempotency-Key", message))
+                    })?;
+                Some(key.to_owned())
+            }
+        };
+        let path = request.uri().path().to_owned();
+        let json = json_body::<LIMIT, S>(request, state).await?;
+        let body = parse_json(&json)?;
+        let idempotency = key.map(|key| IdempotentRequest::new(key, &path, &json));
+        Ok(Self { body, idempotency })
+    }
+}
+
+/// A JSON request's body, decompressed: 415 without a JSON content type or with an encoding
+/// other than gzip, 413 over `LIMIT` bytes (also after decompression).
+async fn json_body<const LIMIT: usize, S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<Bytes, ApiError> {
+    if !has_json_content_type(request.headers()) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let gzipped = match request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str())
+    {
+        None => false,
+        Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("identity") => false,
+        Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("gzip") => true,
+        Some(_) => return Err(ApiError::UnsupportedEncoding),
+    };
+    let too_large = ApiError::PayloadTooLarge { limit: LIMIT };
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit: LIMIT }
+            } else if caused_by::<TimeoutError>(&rejection) {
+                ApiError::BodyReadTimeout
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+    if !gzipped {
+        return Ok(bytes);
+    }
+    // Bounded, so a small compressed body cannot expand without limit.
+    let mut inflated = Vec::new();
+    GzDecoder::new(&bytes[..])
+        .take(LIMIT as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|error| ApiError::MalformedJson(format!("invalid gzip body: {error}")))?;
+    if inflated.len() > LIMIT {
+        return Err(too_large);
+    }
+    Ok(Bytes::from(inflated))
+}
+
+/// 400 when it is not JSON, 422 when it is JSON of another shape than `T`.
+fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(json).map_err(|error| {
+        if error.is_data() {
+            ApiError::Validation(vec![FieldError::new("body", error.to_string())])
+        } else {
+            ApiError::MalformedJson(error.to_string())
+        }
+    })
 }
 
 /// Whether `E` is anywhere in the error's chain of sources.

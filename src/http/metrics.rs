@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     AppState,
     error::{ApiError, ErrorBody, Result},
-    extract::{ApiJson, ApiQuery},
+    extract::{ApiQuery, IdempotentJson},
 };
 use crate::{
     cache::Lookup,
@@ -23,7 +23,7 @@ use crate::{
         EnrichmentStatus, FieldError, MetricPoint, Period, Summary, collect, parse_timestamp,
         validate_type,
     },
-    storage::{SeriesBucket, SeriesPoint, StoredMetric},
+    storage::{KeyedWrite, SeriesBucket, SeriesPoint, Stored, StoredMetric, StoredResponse},
 };
 
 /// A summary whose enrichment failed is cached this long at most, so a recovered external
@@ -46,38 +46,82 @@ pub(super) struct MetricCreated {
     timestamp: DateTime<Utc>,
 }
 
+const IDEMPOTENCY_KEY_DESCRIPTION: &str = "1 to 255 visible ASCII characters, e.g. a UUID. \
+    Repeating the request with the same key within 24 hours returns the first response and \
+    writes nothing; the same key with another body gets a 422.";
+
 /// Store one metric point. A 201 means the row is committed in PostgreSQL.
 #[utoipa::path(
     post, path = "/api/metrics", tag = "metrics",
     request_body = MetricPoint,
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION)),
     responses(
-        (status = 201, description = "Stored", body = MetricCreated,
-         headers(("RateLimit-Limit" = u32), ("RateLimit-Remaining" = u32), ("RateLimit-Reset" = u64))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 201, description = "Stored (or, with Idempotent-Replayed: true, the first response to this Idempotency-Key)",
+         body = MetricCreated,
+         headers(("RateLimit-Limit" = u32), ("RateLimit-Remaining" = u32), ("RateLimit-Reset" = u64),
+                 ("Idempotent-Replayed" = String))),
+        (status = 400, description = "Malformed JSON, or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still in flight",
+         body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Validation failed", body = ErrorBody),
+        (status = 422, description = "Validation failed, or the Idempotency-Key was used for another request",
+         body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 503, description = "PostgreSQL unavailable", body = ErrorBody, headers(("Retry-After" = u64))),
     )
 )]
 pub(super) async fn create_metric(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson,
-) -> Result<impl IntoResponse> {
+    IdempotentJson { body, idempotency }: IdempotentJson,
+) -> Result<Response> {
     let point = MetricPoint::from_json(&body).map_err(ApiError::Validation)?;
-    let metric_type = point.metric_type.clone();
-    let stored = state.ingestor.write(point).await?;
-    tracing::info!(id = stored.id, %metric_type, "metric stored");
-    Ok((
-        StatusCode::CREATED,
-        Json(MetricCreated {
-            id: stored.id,
-            message: "Metric received",
-            metric_type,
-            timestamp: stored.received_at,
-        }),
-    ))
+    let created = |stored: &Stored| MetricCreated {
+        id: stored.id,
+        message: "Metric received",
+        metric_type: point.metric_type.clone(),
+        timestamp: stored.received_at,
+    };
+    let Some(request) = idempotency else {
+        let stored = state.ingestor.write(point.clone()).await?;
+        tracing::info!(id = stored.id, metric_type = %point.metric_type, "metric stored");
+        return Ok((StatusCode::CREATED, Json(created(&stored))).into_response());
+    };
+    let outcome = state
+        .ingestor
+        .write_idempotently(&request, std::slice::from_ref(&point), |stored| {
+            stored_response(StatusCode::CREATED, &created(&stored[0]))
+        })
+        .await?;
+    keyed_response(outcome)
+}
+
+/// A response as it is kept for replays.
+fn stored_response(status: StatusCode, body: &impl Serialize) -> StoredResponse {
+    StoredResponse {
+        status: status.as_u16(),
+        body: serde_json::to_value(body).expect("response bodies serialise"),
+    }
+}
+
+/// The response to a keyed write; a replay says so in `Idempotent-Replayed: true`.
+fn keyed_response(outcome: KeyedWrite) -> Result<Response> {
+    let (response, replayed) = match outcome {
+        KeyedWrite::Written(response) => (response, false),
+        KeyedWrite::Replayed(response) => (response, true),
+        KeyedWrite::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        KeyedWrite::InFlight => return Err(ApiError::IdempotencyKeyInFlight),
+    };
+    tracing::info!(status = response.status, replayed, "keyed write answered");
+    let status = StatusCode::from_u16(response.status)
+        .map_err(|error| ApiError::Internal(Box::new(error)))?;
+    let mut response = (status, Json(response.body)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// A batch's body: `{"metrics": [point, ...]}`.
@@ -109,21 +153,30 @@ pub(super) struct RejectedPoint {
 #[utoipa::path(
     post, path = "/api/metrics/batch", tag = "metrics",
     request_body = MetricBatch,
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION)),
     responses(
-        (status = 201, description = "Every point stored", body = BatchAccepted),
-        (status = 200, description = "The valid points stored, the others listed", body = BatchAccepted),
-        (status = 400, description = "Malformed JSON or gzip", body = ErrorBody),
+        (status = 201, description = "Every point stored (Idempotent-Replayed: true on a replay)",
+         body = BatchAccepted, headers(("Idempotent-Replayed" = String))),
+        (status = 200, description = "The valid points stored, the others listed (Idempotent-Replayed: true on a replay)",
+         body = BatchAccepted, headers(("Idempotent-Replayed" = String))),
+        (status = 400, description = "Malformed JSON or gzip, or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still in flight",
+         body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 413, description = "Over 16 MiB (uncompressed) or over 10,000 points", body = ErrorBody),
         (status = 415, description = "Not JSON, or an encoding other than gzip", body = ErrorBody),
-        (status = 422, description = "No valid point", body = ErrorBody),
+        (status = 422, description = "No valid point, or the Idempotency-Key was used for another request",
+         body = ErrorBody),
         (status = 429, description = "Rate limited (a batch counts as one request)", body = ErrorBody),
         (status = 503, description = "PostgreSQL unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn create_batch(
     State(state): State<AppState>,
-    ApiJson(MetricBatch { metrics: items }): ApiJson<MAX_BATCH_BYTES, MetricBatch>,
-) -> Result<impl IntoResponse> {
+    IdempotentJson {
+        body: MetricBatch { metrics: items },
+        idempotency,
+    }: IdempotentJson<MAX_BATCH_BYTES, MetricBatch>,
+) -> Result<Response> {
     if items.len() > MAX_BATCH_POINTS {
         return Err(ApiError::TooManyPoints {
             limit: MAX_BATCH_POINTS,
@@ -156,14 +209,28 @@ pub(super) async fn create_batch(
         };
         return Err(ApiError::Validation(errors));
     }
-    let accepted = state.ingestor.write_all(&points).await?.len();
-    tracing::info!(accepted, rejected = rejected.len(), "metric batch stored");
-    let status = if rejected.is_empty() {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let answer = |accepted: usize, rejected: Vec<RejectedPoint>| {
+        let status = if rejected.is_empty() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        (status, BatchAccepted { accepted, rejected })
     };
-    Ok((status, Json(BatchAccepted { accepted, rejected })))
+    let Some(request) = idempotency else {
+        let accepted = state.ingestor.write_all(&points).await?.len();
+        tracing::info!(accepted, rejected = rejected.len(), "metric batch stored");
+        let (status, body) = answer(accepted, rejected);
+        return Ok((status, Json(body)).into_response());
+    };
+    let outcome = state
+        .ingestor
+        .write_idempotently(&request, &points, |stored| {
+            let (status, body) = answer(stored.len(), rejected);
+            stored_response(status, &body)
+        })
+        .await?;
+    keyed_response(outcome)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::types::Json;
+use sqlx::{PgExecutor, types::Json};
 use utoipa::ToSchema;
 
 use super::{Storage, StorageError};
@@ -87,73 +87,9 @@ impl Storage {
         &self,
         points: &[MetricPoint],
     ) -> Result<Vec<Stored>, StorageError> {
-        let mut types = Vec::with_capacity(points.len());
-        let mut values = Vec::with_capacity(points.len());
-        let mut recorded = Vec::with_capacity(points.len());
-        let mut tags = Vec::with_capacity(points.len());
-        for point in points {
-            types.push(point.metric_type.as_str());
-            values.push(point.value);
-            recorded.push(point.timestamp);
-            tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
-        }
-        let deltas = MinuteDeltas::of(points);
-        // The same statement appends the batch's per-minute aggregates (computed here, where
-        // the values already are) to the rollup deltas: an insert locks nothing but its own
-        // rows, and the rollups always agree with it. Ids are drawn in the arrays' order, so
-        // the n-th smallest id is the n-th point's: that gives each delta its latest point's id.
-        let rows = sqlx::query!(
-            // language=PostgreSQL
-            r#"
-            with inserted as (
-                insert into metrics (metric_type, value, recorded_at, tags)
-                select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
-                returning id, ingested_at
-            ),
-            positions as (
-                select id, row_number() over (order by id) - 1 as position from inserted
-            ),
-            deltas as (
-                insert into metric_rollup_deltas
-                    (metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
-                select d.metric_type, d.minute, d.count, d.sum, d.min, d.max, d.latest_at, p.id,
-                       d.latest_value, d.sketch
-                from unnest($5::text[], $6::timestamptz[], $7::int8[], $8::float8[], $9::float8[],
-                            $10::float8[], $11::timestamptz[], $12::int8[], $13::float8[], $14::jsonb[])
-                     as d (metric_type, minute, count, sum, min, max, latest_at, latest_position,
-                           latest_value, sketch)
-                join positions p on p.position = d.latest_position
-            )
-            select id as "id!", ingested_at as "ingested_at!" from inserted
-            "#,
-            &types as &[&str],
-            &values,
-            &recorded,
-            &tags,
-            &deltas.types as &[&str],
-            &deltas.minutes,
-            &deltas.counts,
-            &deltas.sums,
-            &deltas.mins,
-            &deltas.maxes,
-            &deltas.latest_at,
-            &deltas.latest_positions,
-            &deltas.latest_values,
-            &deltas.sketches,
-        )
-        .fetch_all(&self.pool);
-        let mut rows = self.run(rows).await?;
-        // Rows are inserted in the arrays' order and ids are drawn in insertion order, so the
-        // ascending ids map back onto the points whatever order RETURNING uses.
-        rows.sort_unstable_by_key(|row| row.id);
-        ::metrics::counter!("metric_points_ingested_total").increment(rows.len() as u64);
-        Ok(rows
-            .into_iter()
-            .map(|row| Stored {
-                id: row.id,
-                received_at: row.ingested_at,
-            })
-            .collect())
+        let stored = self.run(insert_points(&self.pool, points)).await?;
+        count_ingested(&stored);
+        Ok(stored)
     }
 
     /// The newest points first, of one type or of all.
@@ -188,4 +124,82 @@ impl Storage {
             })
             .collect())
     }
+}
+
+/// Counts committed points.
+pub(super) fn count_ingested(stored: &[Stored]) {
+    ::metrics::counter!("metric_points_ingested_total").increment(stored.len() as u64);
+}
+
+/// Inserts the points and their rollup deltas in one statement; the result is in their order.
+pub(super) async fn insert_points<'e>(
+    executor: impl PgExecutor<'e>,
+    points: &[MetricPoint],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let mut types = Vec::with_capacity(points.len());
+    let mut values = Vec::with_capacity(points.len());
+    let mut recorded = Vec::with_capacity(points.len());
+    let mut tags = Vec::with_capacity(points.len());
+    for point in points {
+        types.push(point.metric_type.as_str());
+        values.push(point.value);
+        recorded.push(point.timestamp);
+        tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
+    }
+    let deltas = MinuteDeltas::of(points);
+    // The same statement appends the batch's per-minute aggregates (computed here, where
+    // the values already are) to the rollup deltas: an insert locks nothing but its own
+    // rows, and the rollups always agree with it. Ids are drawn in the arrays' order, so
+    // the n-th smallest id is the n-th point's: that gives each delta its latest point's id.
+    let mut rows = sqlx::query!(
+        // language=PostgreSQL
+        r#"
+        with inserted as (
+            insert into metrics (metric_type, value, recorded_at, tags)
+            select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
+            returning id, ingested_at
+        ),
+        positions as (
+            select id, row_number() over (order by id) - 1 as position from inserted
+        ),
+        deltas as (
+            insert into metric_rollup_deltas
+                (metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
+            select d.metric_type, d.minute, d.count, d.sum, d.min, d.max, d.latest_at, p.id,
+                   d.latest_value, d.sketch
+            from unnest($5::text[], $6::timestamptz[], $7::int8[], $8::float8[], $9::float8[],
+                        $10::float8[], $11::timestamptz[], $12::int8[], $13::float8[], $14::jsonb[])
+                 as d (metric_type, minute, count, sum, min, max, latest_at, latest_position,
+                       latest_value, sketch)
+            join positions p on p.position = d.latest_position
+        )
+        select id as "id!", ingested_at as "ingested_at!" from inserted
+        "#,
+        &types as &[&str],
+        &values,
+        &recorded,
+        &tags,
+        &deltas.types as &[&str],
+        &deltas.minutes,
+        &deltas.counts,
+        &deltas.sums,
+        &deltas.mins,
+        &deltas.maxes,
+        &deltas.latest_at,
+        &deltas.latest_positions,
+        &deltas.latest_values,
+        &deltas.sketches,
+    )
+    .fetch_all(executor)
+    .await?;
+    // Rows are inserted in the arrays' order and ids are drawn in insertion order, so the
+    // ascending ids map back onto the points whatever order RETURNING uses.
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows
+        .into_iter()
+        .map(|row| Stored {
+            id: row.id,
+            received_at: row.ingested_at,
+        })
+        .collect())
 }

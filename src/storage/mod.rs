@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, migrations, and every SQL statement the service runs.
 
+mod idempotency;
 mod metrics;
 mod rollups;
 
@@ -17,6 +18,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+pub use idempotency::{KeyedWrite, StoredResponse};
 pub use metrics::{Stored, StoredMetric};
 pub use rollups::{SeriesBucket, SeriesPoint};
 
@@ -117,6 +119,42 @@ impl Storage {
     pub fn record_pool_gauges(&self) {
         ::metrics::gauge!("db_pool_connections").set(f64::from(self.pool.size()));
         ::metrics::gauge!("db_pool_idle_connections").set(self.pool.num_idle() as f64);
+    }
+
+    /// Runs `job` every `period` once the schema is in place, for as long as the process
+    /// runs; a job that reports more work left is run again at once. Failures (PostgreSQL
+    /// down) are retried at the next tick.
+    fn spawn_maintenance<F, Fut>(
+        &self,
+        name: &'static str,
+        period: Duration,
+        job: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Self) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<bool, StorageError>> + Send,
+    {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if !storage.is_migrated() {
+                    continue;
+                }
+                loop {
+                    match job(storage.clone()).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(error) => {
+                            tracing::debug!(%error, job = name, "maintenance failed; retrying later");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Runs one statement with the schema in place, bounded in time.

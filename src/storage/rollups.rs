@@ -1,6 +1,8 @@
 //! Summaries and series from `metric_rollups`: a window is covered by as few rollup rows as
 //! possible (days, then hours, then minutes), plus the raw rows of its first partial minute.
 
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::Value;
 
@@ -353,30 +355,9 @@ impl Storage {
     }
 
     /// Folds deltas every `period`, for as long as the process runs.
-    pub fn spawn_rollup_compaction(
-        &self,
-        period: std::time::Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let storage = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if !storage.is_migrated() {
-                    continue;
-                }
-                loop {
-                    match storage.compact_rollups().await {
-                        Ok(moved) if moved as i64 == COMPACTION_BATCH => continue,
-                        Ok(_) => break,
-                        Err(error) => {
-                            tracing::debug!(%error, "rollup compaction failed; retrying later");
-                            break;
-                        }
-                    }
-                }
-            }
+    pub fn spawn_rollup_compaction(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_maintenance("rollup compaction", period, |storage| async move {
+            Ok(storage.compact_rollups().await? as i64 == COMPACTION_BATCH)
         })
     }
 }

@@ -6,6 +6,7 @@ mod batch;
 mod circuit_breaker;
 mod docs;
 mod health;
+mod idempotency;
 mod ingest;
 mod list;
 mod operations;
