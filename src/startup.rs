@@ -136,11 +136,19 @@ impl Application {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     router.clone().oneshot(request)
                 });
-            let connection =
-                connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection.into_owned());
+            let (connections, watcher) = (connections.clone(), graceful.watcher());
+            let first_byte_timeout = self.timeouts.header_read;
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                // hyper's header timeout starts once it knows the protocol, i.e. after the
+                // first bytes: a connection that sends nothing would be kept forever.
+                let mut first = [0; 1];
+                match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(1..)) => {}
+                    _ => return,
+                }
+                let connection =
+                    connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 }
             });

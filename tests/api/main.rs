@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bad_input;
 mod batch;
 mod circuit_breaker;
 mod docs;

@@ -1,0 +1,254 @@
+//! Abusive input and slow clients: each gets a clear 4xx or a closed connection, never a 500,
+//! never a stored point, and never ties up the server.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{TestApp, metric, spawn_app_with};
+
+const TYPE: &str = "abuse";
+
+async fn spawn() -> TestApp {
+    spawn_app_with(|s| {
+        s.rate_limit.requests = 100_000;
+        s.timeouts.header_read = Duration::from_secs(1);
+        s.timeouts.body_read = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// Posts raw bytes as JSON; returns the status and the error code.
+async fn post_raw(app: &TestApp, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("an error body");
+    (status, body["code"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Both write endpoints, each with the point as the single body and inside a batch.
+async fn post_both(app: &TestApp, point: &str) -> [(u16, String); 2] {
+    [
+        post_raw(app, "/api/metrics", point.to_owned()).await,
+        post_raw(
+            app,
+            "/api/metrics/batch",
+            format!(r#"{{"metrics": [{point}]}}"#),
+        )
+        .await,
+    ]
+}
+
+fn point_with_value(value: &str) -> String {
+    format!(r#"{{"timestamp": "2026-01-01T00:00:00Z", "type": "{TYPE}", "value": {value}}}"#)
+}
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.count_rows(TYPE).await, 0, "nothing may be stored");
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused() {
+    let app = spawn().await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, code) = post_raw(&app, "/api/metrics", deep.clone()).await;
+    assert_eq!((status, code.as_str()), (400, "MALFORMED_JSON"));
+    let nested_tag = format!(
+        r#"{{"timestamp": "2026-01-01T00:00:00Z", "type": "{TYPE}", "value": 1, "tags": {{"a": {deep}}}}}"#
+    );
+    // A batch rejects the point, not the whole body.
+    let [(single, _), (batch, batch_code)] = post_both(&app, &nested_tag).await;
+    assert_eq!(single, 400);
+    assert_eq!((batch, batch_code.as_str()), (422, "VALIDATION_ERROR"));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn numbers_out_of_range_and_non_finite_values_are_refused() {
+    const MALFORMED: (u16, &str) = (400, "MALFORMED_JSON");
+    const INVALID: (u16, &str) = (422, "VALIDATION_ERROR");
+    let app = spawn().await;
+    // (value as written, single write's answer, batch's answer). Literals that are not JSON
+    // make the whole body malformed; a number beyond f64 cannot be parsed as a single body,
+    // while a batch rejects that point; JSON that is not an acceptable value fails validation.
+    let cases = [
+        ("NaN", MALFORMED, MALFORMED),
+        ("Infinity", MALFORMED, MALFORMED),
+        ("-Infinity", MALFORMED, MALFORMED),
+        ("nan", MALFORMED, MALFORMED),
+        ("1e400", MALFORMED, INVALID),
+        ("-1e400", MALFORMED, INVALID),
+        (r#""NaN""#, INVALID, INVALID),
+        (r#""Infinity""#, INVALID, INVALID),
+        (r#""-Infinity""#, INVALID, INVALID),
+        (r#""1""#, INVALID, INVALID),
+        ("1e101", INVALID, INVALID),
+        ("-1e101", INVALID, INVALID),
+    ];
+    for (value, single, batch) in cases {
+        let [(single_status, single_code), (batch_status, batch_code)] =
+            post_both(&app, &point_with_value(value)).await;
+        assert_eq!((single_status, single_code.as_str()), single, "{value}");
+        assert_eq!((batch_status, batch_code.as_str()), batch, "{value}");
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_malformed_json() {
+    let app = spawn().await;
+    let mut body = point_with_value("1").into_bytes();
+    let at = body.iter().position(|&b| b == b'a').unwrap();
+    body.splice(at..at + 1, [0xff, 0xfe]);
+    for path in ["/api/metrics", "/api/metrics/batch"] {
+        let (status, code) = post_raw(&app, path, body.clone()).await;
+        assert_eq!((status, code.as_str()), (400, "MALFORMED_JSON"), "{path}");
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn thousands_of_tags_are_refused() {
+    let app = spawn().await;
+    let tags: serde_json::Map<String, Value> = (0..5_000)
+        .map(|i| (format!("tag{i}"), json!("v")))
+        .collect();
+    let mut point = metric(TYPE, 1.0);
+    point["tags"] = Value::Object(tags);
+    let [(single, _), (batch, _)] = post_both(&app, &point.to_string()).await;
+    assert_eq!((single, batch), (422, 422));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn very_long_query_strings_and_header_values_get_a_4xx_or_a_closed_connection() {
+    let app = spawn().await;
+    let long_type = "t".repeat(50_000);
+    let response = app
+        .get(&format!("/api/metrics/summary?type={long_type}"))
+        .await;
+    assert_eq!(response.status(), 400);
+
+    // Beyond what the server buffers for a request head: a 4xx or a closed connection.
+    let huge = "q".repeat(2 * 1024 * 1024);
+    let requests = [
+        app.client
+            .get(app.url(&format!("/api/metrics/summary?type={huge}"))),
+        app.client
+            .post(app.url("/api/metrics"))
+            .header("x-padding", &huge)
+            .json(&metric(TYPE, 1.0)),
+    ];
+    for request in requests {
+        let outcome = request.send().await;
+        let status = outcome.as_ref().ok().map(reqwest::Response::status);
+        assert!(status.is_none_or(|s| s.is_client_error()), "{status:?}");
+    }
+    assert_nothing_stored(&app).await;
+    // The server is still fine.
+    assert_eq!(app.get("/health/live").await.status(), 200);
+}
+
+/// Reads until the server closes the connection (or `within` passes); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut received)).await;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&received).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_a_byte_at_a_time_is_cut_off() {
+    let app = spawn().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    let request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut cut_off = false;
+    for byte in request.iter().chain(b"a".repeat(1000).iter()) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        // Meanwhile the server serves others.
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !cut_off {
+        let closed = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+        assert!(
+            closed.is_some(),
+            "the connection is closed after the header timeout"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(app.get("/health/live").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_body_a_byte_at_a_time_gets_408_and_stores_nothing() {
+    let app = spawn().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let body = point_with_value("1");
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for byte in body.as_bytes().iter().take(body.len() - 1) {
+        if stream.write_all(&[*byte]).await.is_err() || started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the server answers and closes");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("BODY_READ_TIMEOUT"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn many_idle_connections_neither_block_others_nor_stay_open() {
+    let app = spawn().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(TcpStream::connect(&address).await.unwrap());
+    }
+    // Others are served at once.
+    let started = Instant::now();
+    let response = app.post_json("/api/metrics", &metric(TYPE, 1.0)).await;
+    assert_eq!(response.status(), 201);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The idle ones are closed once the header timeout has passed.
+    for stream in &mut idle {
+        assert!(
+            read_until_closed(stream, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "an idle connection stays open"
+        );
+    }
+    assert_eq!(app.count_rows(TYPE).await, 1);
+}
