@@ -17,19 +17,55 @@ pub const MAX_TAG_VALUE_CHARS: usize = 500;
 /// of double precision also sums squares, which overflows for values near 1e154).
 pub const MAX_ABS_VALUE: f64 = 1e100;
 
-/// A validated metric point, ready to store.
+/// Text without control characters (C0, DEL, C1), as a JSON Schema pattern. Attributes of
+/// the OpenAPI derive take only literals, so they repeat it; a test in `http` checks that.
+pub const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+
+/// A validated metric point, ready to store. The schema carries every rule `from_json`
+/// enforces, so that a client (or a fuzzer) can tell a valid point from the document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MetricPoint {
     /// When the point was measured (RFC 3339; without an offset it is taken as UTC).
     pub timestamp: DateTime<Utc>,
     /// A finite JSON number with absolute value at most 1e100.
+    #[schema(minimum = -1e100, maximum = 1e100)]
     pub value: f64,
     /// 1–100 characters, no control characters.
     #[serde(rename = "type")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub metric_type: String,
-    /// At most 32 pairs of string to string.
     #[serde(default)]
+    #[schema(schema_with = tags_schema)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// The rules of `parse_tags` as a schema (key rules need `propertyNames`, which the derive
+/// cannot express).
+fn tags_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TAG_KEY_CHARS))
+        .pattern(Some(NO_CONTROL_CHARACTERS));
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_TAG_VALUE_CHARS))
+        .pattern(Some(r"^[^\u0000]*$"));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(
+            "Optional labels (null or absent: none): at most 32 pairs; keys 1–100 characters without control \
+             characters, values at most 500 characters without NUL.",
+        ))
+        .max_properties(Some(MAX_TAGS))
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .build()
 }
 
 /// One offending field of a request.

@@ -58,6 +58,7 @@ pub(super) async fn call_external(State(state): State<AppState>) -> Result<Json<
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub(super) struct FailureRate {
     /// Probability, from 0 to 1, that a call to the simulated service fails.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     failure_rate: f64,
 }
 

@@ -54,7 +54,8 @@ const IDEMPOTENCY_KEY_DESCRIPTION: &str = "1 to 255 visible ASCII characters, e.
 #[utoipa::path(
     post, path = "/api/metrics", tag = "metrics",
     request_body = MetricPoint,
-    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION)),
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION,
+            min_length = 1, max_length = 255, pattern = "^[!-~]*$")),
     responses(
         (status = 201, description = "Stored (or, with Idempotent-Replayed: true, the first response to this Idempotency-Key)",
          body = MetricCreated,
@@ -129,7 +130,7 @@ fn keyed_response(outcome: KeyedWrite) -> Result<Response> {
 pub(super) struct MetricBatch {
     /// 1 to 10,000 points of the single-point shape (each validated on its own). Kept as
     /// raw text until then, so a large batch is never held as a whole tree of values.
-    #[schema(value_type = Vec<MetricPoint>)]
+    #[schema(value_type = Vec<MetricPoint>, min_items = 1, max_items = 10_000)]
     metrics: Vec<Box<RawValue>>,
 }
 
@@ -153,7 +154,8 @@ pub(super) struct RejectedPoint {
 #[utoipa::path(
     post, path = "/api/metrics/batch", tag = "metrics",
     request_body = MetricBatch,
-    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION)),
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DESCRIPTION,
+            min_length = 1, max_length = 255, pattern = "^[!-~]*$")),
     responses(
         (status = 201, description = "Every point stored (Idempotent-Replayed: true on a replay)",
          body = BatchAccepted, headers(("Idempotent-Replayed" = String))),
@@ -234,12 +236,15 @@ pub(super) async fn create_batch(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SummaryParams {
-    /// The metric type (required).
+    /// The metric type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", required = true, value_type = String, min_length = 1, max_length = 100,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     metric_type: Option<String>,
     /// all (default), daily (last 24 hours) or hourly (last 60 minutes).
+    #[param(value_type = Option<Period>)]
     period: Option<String>,
 }
 
@@ -314,16 +319,21 @@ fn with_cache_header(body: impl IntoResponse, status: &'static str) -> Response 
 const MAX_SERIES_BUCKETS: i64 = 10_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SeriesParams {
-    /// The metric type (required).
+    /// The metric type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", required = true, value_type = String, min_length = 1, max_length = 100,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     metric_type: Option<String>,
-    /// Start of the range, RFC 3339 (required); the bucket holding it is the first.
+    /// Start of the range, RFC 3339; the bucket holding it is the first.
+    #[param(required = true, value_type = String, format = DateTime)]
     from: Option<String>,
-    /// End of the range, RFC 3339, exclusive (required).
+    /// End of the range, RFC 3339, exclusive; after `from`, at most 10,000 buckets later.
+    #[param(required = true, value_type = String, format = DateTime)]
     to: Option<String>,
     /// Bucket width: 1m, 5m, 1h (default) or 1d. Buckets are aligned to UTC.
+    #[param(pattern = "^(1m|5m|1h|1d)$")]
     bucket: Option<String>,
 }
 
@@ -402,12 +412,19 @@ pub(super) async fn series(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     /// Only points of this type; all types when absent.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     metric_type: Option<String>,
     /// 1–1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 

@@ -1,3 +1,4 @@
+use resilient_analytics::metric::NO_CONTROL_CHARACTERS;
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
@@ -30,6 +31,30 @@ async fn the_openapi_document_describes_every_endpoint_and_the_error_body() {
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["paths"]["/api/metrics"]["post"]["responses"]["429"].is_object());
+}
+
+#[tokio::test]
+async fn the_document_states_the_validation_rules_of_metric_types_and_tags() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let point = &doc["components"]["schemas"]["MetricPoint"]["properties"];
+    let mut type_patterns = vec![&point["type"]["pattern"]];
+    for path in [
+        "/api/metrics/summary",
+        "/api/metrics/series",
+        "/api/metrics/list",
+    ] {
+        let parameters = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let type_parameter = parameters.iter().find(|p| p["name"] == "type").unwrap();
+        type_patterns.push(&type_parameter["schema"]["pattern"]);
+    }
+    type_patterns.push(&point["tags"]["propertyNames"]["pattern"]);
+    // The derive's attributes repeat the pattern as a literal; they must not drift apart.
+    for pattern in type_patterns {
+        assert_eq!(pattern, NO_CONTROL_CHARACTERS);
+    }
+    assert_eq!(point["tags"]["maxProperties"], 32);
+    assert_eq!(point["value"]["maximum"], 1e100);
 }
 
 #[tokio::test]
