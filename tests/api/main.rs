@@ -4,6 +4,7 @@ mod helpers;
 
 mod bad_input;
 mod batch;
+mod chaos;
 mod circuit_breaker;
 mod docs;
 mod health;
