@@ -69,6 +69,8 @@ pub(super) struct FailureRate {
     responses(
         (status = 200, description = "The rate now in force", body = FailureRate),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within BODY_READ_TIMEOUT_SECONDS", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Not a number from 0 to 1", body = ErrorBody),
     )
