@@ -491,6 +491,63 @@ def cmd_report(args: argparse.Namespace) -> None:
         sys.exit(2)
 
 
+def cmd_soak_report(args: argparse.Namespace) -> None:
+    """One row per soak minute (oha's JSON and the server's RSS), and whether both stay flat."""
+    work = Path(args.work)
+    facts = read_facts(work / "facts.tsv")
+    rss = dict(line.split("\t") for line in (work / "soak-rss.tsv").read_text().split("\n") if line)
+    minutes = []
+    for minute in range(1, args.minutes + 1):
+        run = json.loads((work / f"soak-{minute}.json").read_text())
+        statuses = run.get("statusCodeDistribution", {})
+        minutes.append({
+            "minute": minute,
+            "requests": sum(statuses.values()),
+            "rate": run["summary"]["requestsPerSec"],
+            "p50_ms": run["latencyPercentiles"]["p50"] * 1000,
+            "p99_ms": run["latencyPercentiles"]["p99"] * 1000,
+            "not_201": sum(n for code, n in statuses.items() if code != "201"),
+            # Requests still in flight when the minute ends are "aborted due to deadline".
+            "errors": sum(n for error, n in run.get("errorDistribution", {}).items()
+                          if "deadline" not in error),
+            "rss_mb": int(rss[str(minute)]) / 1024,
+        })
+    post = json.loads((work / "wrk-post.json").read_text())
+    p99s = sorted(m["p99_ms"] for m in minutes)
+    rsses = sorted(m["rss_mb"] for m in minutes)
+    median_p99, median_rss = p99s[len(p99s) // 2], rsses[len(rsses) // 2]
+    rss_flat = rsses[-1] - rsses[0] <= 0.10 * median_rss
+    p99_flat = p99s[-1] <= 2 * median_p99
+    clean = all(m["not_201"] == 0 and m["errors"] == 0 for m in minutes)
+    lines = [
+        f"#### Soak, {args.minutes} minutes at half the maximum single-write rate, {facts['started']} UTC",
+        "",
+        f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, kernel {facts['kernel']}; "
+        f"PostgreSQL {facts['pg_version']}, Redis {facts['redis_version']}; oha {facts.get('oha_version', '?')}; "
+        f"server {facts['binary']}, {facts['source']}.",
+        f"Maximum measured first: {post['requests_per_second']:,.0f} writes/s ({facts.get('wrk_load', '?')}); "
+        f"held: {int(facts['soak_rate']):,} writes/s with oha -q, {facts.get('elapsed', '?')} in all; "
+        f"server log: {facts.get('log_lines', '?')}.",
+        "",
+        "| minute | requests | achieved/s | p50 ms | p99 ms | not 201 | errors | RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in minutes:
+        lines.append(f"| {m['minute']} | {m['requests']:,} | {m['rate']:,.0f} | {m['p50_ms']:.2f} | "
+                     f"{m['p99_ms']:.2f} | {m['not_201']} | {m['errors']} | {m['rss_mb']:.1f} |")
+    lines += [
+        "",
+        f"- RSS flat (max − min ≤ 10% of the median, {median_rss:.1f} MB): "
+        f"{rsses[-1] - rsses[0]:.1f} MB → {'PASS' if rss_flat else '**FAIL**'}",
+        f"- p99 flat (every minute ≤ 2 × the median p99, {median_p99:.2f} ms): "
+        f"max {p99s[-1]:.2f} ms → {'PASS' if p99_flat else '**FAIL**'}",
+        f"- every response 201, no connection errors: {'PASS' if clean else '**FAIL**'}",
+    ]
+    report = "\n".join(lines) + "\n"
+    Path(args.out).write_text(report)
+    print(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -541,6 +598,12 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("soak-report")
+    p.add_argument("--work", required=True)
+    p.add_argument("--minutes", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_soak_report)
 
     args = parser.parse_args()
     args.func(args)

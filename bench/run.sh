@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark harness for the figures of issue 4 (docs/benchmarks.md explains each one).
 #
-#   bench/run.sh [--quick | --points N] [--strict] [--keep-work]
+#   bench/run.sh [--quick | --points N | --soak MINUTES] [--strict] [--keep-work]
 #
 #   --points N    points of batch data (default 10,000,000)
 #   --quick       N = 200,000 (a few minutes; for checking the harness, not for the record)
+#   --soak M      instead of the figures: measure the maximum single-write rate, then hold half
+#                 of it for M minutes (oha, fixed rate) and report RSS and latency per minute
 #   --strict      exit 2 when a target is missed (default: report only)
 #   --keep-work   keep the temporary directory (data, logs, raw wrk output)
 #
@@ -41,6 +43,7 @@ BENCH_PY=$BENCH_DIR/bench.py
 
 POINTS=10000000
 MODE="full run"
+SOAK_MINUTES=0
 STRICT=0
 KEEP_WORK=0
 while [[ $# -gt 0 ]]; do
@@ -49,9 +52,12 @@ while [[ $# -gt 0 ]]; do
             [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 10 ]] || { echo "--points needs a number >= 10" >&2; exit 2; }
             POINTS=$2; MODE="custom run"; shift 2 ;;
         --quick) POINTS=200000; MODE="quick run (--quick)"; shift ;;
+        --soak)
+            [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 1 ]] || { echo "--soak needs whole minutes >= 1" >&2; exit 2; }
+            SOAK_MINUTES=$2; MODE="soak run (--soak $2)"; shift 2 ;;
         --strict) STRICT=1; shift ;;
         --keep-work) KEEP_WORK=1; shift ;;
-        -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -75,7 +81,7 @@ read -r -a PG_SETTINGS <<<"${BENCH_PG_SETTINGS:--c shared_buffers=1GB -c max_wal
 METRIC_TYPE=bench_latency
 
 STARTED_UTC=$(date -u +%Y-%m-%dT%H:%M:%S)
-RESULT_FILE=$BENCH_DIR/results/$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
+RESULT_FILE=$BENCH_DIR/results/$([[ $SOAK_MINUTES -gt 0 ]] && echo soak-)$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
 PG_NAME=ra-bench-postgres-$$
 REDIS_NAME=ra-bench-redis-$$
 WORK=
@@ -147,6 +153,11 @@ ensure_tools() {
             || die "apt-get install ${missing[*]} failed"
     fi
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
+    if [[ $SOAK_MINUTES -gt 0 ]] && ! command -v oha >/dev/null; then
+        command -v cargo >/dev/null || die "the soak needs oha: cargo install oha --locked"
+        log "installing oha (cargo install oha --locked; a few minutes)"
+        cargo install oha --locked >/dev/null 2>&1 || die "cargo install oha failed"
+    fi
     command -v docker >/dev/null || die "docker CLI not found"
     docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine"
 }
@@ -365,6 +376,40 @@ record_machine() {
     fact wrk_load "wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WRK_DURATION}s after a ${WRK_WARMUP}s warm-up"
 }
 
+# soak: half of the measured single-write rate, one oha run per minute; after each, the server's
+# current RSS. The point is the single-write benchmark's (bench/post_metric.lua).
+soak() {
+    local rate post=http://127.0.0.1:$APP_PORT/api/metrics minute body
+    rate=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["requests_per_second"] / 2))' "$WORK/wrk-post.json")
+    fact soak_rate "$rate"
+    body=$(printf '{"timestamp":"%s","value":75.5,"type":"bench_soak","tags":{"host":"bench-1"}}' "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+    for minute in $(seq "$SOAK_MINUTES"); do
+        log "soak minute $minute/$SOAK_MINUTES: $rate writes/s (oha -q $rate -c $WRK_CONNECTIONS)"
+        timeout 120 oha -z 60s -q "$rate" -c "$WRK_CONNECTIONS" --no-tui --output-format json \
+            -m POST -H 'content-type: application/json' -d "$body" "$post" >"$WORK/soak-$minute.json" \
+            || die "oha failed in minute $minute"
+        kill -0 "$APP_PID" 2>/dev/null || die "the server exited during the soak"
+        printf '%s\t%s\n' "$minute" "$(awk '/^VmRSS:/ { print $2 }' "/proc/$APP_PID/status")" >>"$WORK/soak-rss.tsv"
+    done
+}
+
+soak_run() {
+    start_containers
+    log "starting the server on 127.0.0.1:$APP_PORT (RUST_LOG=warn)"
+    start_server app "$APP_PORT" "redis://$REDIS_ADDR:6379/0"
+    APP_PID=$SERVER_PID
+    wait_for "the server to be healthy" 120 health_is "$APP_PORT" "$APP_PID" healthy
+    record_machine
+    fact oha_version "$(oha --version | awk '{ print $2 }')"
+    log "the maximum single-write rate (as in the single-write ratio)"
+    single_write_ratio
+    soak
+    fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
+    fact log_lines "server: $(log_summary "$WORK/app.log")"
+    mkdir -p "$BENCH_DIR/results"
+    python3 "$BENCH_PY" soak-report --work "$WORK" --minutes "$SOAK_MINUTES" --out "$RESULT_FILE"
+}
+
 # --- main -------------------------------------------------------------------------------------
 
 ensure_tools
@@ -373,6 +418,11 @@ ensure_binary
 check_ports
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ra-bench.XXXXXX")
 : >"$WORK/facts.tsv"
+if [[ $SOAK_MINUTES -gt 0 ]]; then
+    log "work directory $WORK; $MODE"
+    soak_run
+    exit 0
+fi
 log "work directory $WORK; N = $POINTS points ($MODE)"
 
 log "generating $POINTS points (before any timing)"
