@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use resilient_analytics::{config::Settings, healthcheck, startup::Application, telemetry};
 
+/// Requests allocate many small, short-lived objects (JSON values, strings, futures); glibc's
+/// allocator took about a sixth of the server's CPU under write load. jemalloc is faster at
+/// that and, unlike mimalloc (tried), keeps peak memory within the 100 MB target.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match Settings::from_env() {
