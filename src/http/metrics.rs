@@ -78,21 +78,25 @@ pub(super) async fn create_metric(
     IdempotentJson { body, idempotency }: IdempotentJson,
 ) -> Result<Response> {
     let point = MetricPoint::from_json(&body).map_err(ApiError::Validation)?;
-    let created = |stored: &Stored| MetricCreated {
+    let created = |metric_type: String, stored: &Stored| MetricCreated {
         id: stored.id,
         message: "Metric received",
-        metric_type: point.metric_type.clone(),
+        metric_type,
         timestamp: stored.received_at,
     };
     let Some(request) = idempotency else {
-        let stored = state.ingestor.write(point.clone()).await?;
-        tracing::info!(id = stored.id, metric_type = %point.metric_type, "metric stored");
-        return Ok((StatusCode::CREATED, Json(created(&stored))).into_response());
+        let metric_type = point.metric_type.clone();
+        let stored = state.ingestor.write(point).await?;
+        tracing::info!(id = stored.id, %metric_type, "metric stored");
+        return Ok((StatusCode::CREATED, Json(created(metric_type, &stored))).into_response());
     };
     let outcome = state
         .ingestor
         .write_idempotently(&request, std::slice::from_ref(&point), |stored| {
-            stored_response(StatusCode::CREATED, &created(&stored[0]))
+            stored_response(
+                StatusCode::CREATED,
+                &created(point.metric_type.clone(), &stored[0]),
+            )
         })
         .await?;
     keyed_response(outcome)
