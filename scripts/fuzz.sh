@@ -73,7 +73,7 @@ status=0
     cd fuzz
     SCHEMATHESIS_HOOKS=hooks PYTHONPATH=. "$VENV/bin/schemathesis" --config-file schemathesis.toml \
         run "http://127.0.0.1:$app_port/openapi.json" \
-        --checks all --max-examples "$EXAMPLES" --workers 2 --request-timeout 20 \
+        --checks all --max-examples "$EXAMPLES" --workers 1 --request-timeout 20 \
         --max-failures 20 --no-color
 ) || status=$?
 if grep -E '"level":"ERROR"|ERROR' "$repo/target/fuzz-server.log" >/dev/null; then
