@@ -219,11 +219,20 @@ impl TestApp {
 
     /// Rows in the metrics table, read directly as an analyst would.
     pub(crate) async fn count_rows(&self, metric_type: &str) -> i64 {
+        self.count(
+            "select count(*) from metrics where metric_type = $1",
+            metric_type,
+        )
+        .await
+    }
+
+    /// The count that `query` (with one text parameter) reads straight from PostgreSQL.
+    pub(crate) async fn count(&self, query: &'static str, parameter: &str) -> i64 {
         let pool = sqlx::PgPool::connect(&self.settings.database_url)
             .await
             .unwrap();
-        let count: i64 = sqlx::query_scalar("select count(*) from metrics where metric_type = $1")
-            .bind(metric_type)
+        let count: i64 = sqlx::query_scalar(query)
+            .bind(parameter)
             .fetch_one(&pool)
             .await
             .unwrap();

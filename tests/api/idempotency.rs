@@ -25,16 +25,8 @@ fn replayed(response: &reqwest::Response) -> bool {
 }
 
 async fn keys_stored(app: &TestApp, key: &str) -> i64 {
-    let pool = sqlx::PgPool::connect(&app.settings.database_url)
+    app.count("select count(*) from idempotency_keys where key = $1", key)
         .await
-        .unwrap();
-    let count = sqlx::query_scalar("select count(*) from idempotency_keys where key = $1")
-        .bind(key)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    count
 }
 
 #[tokio::test]
