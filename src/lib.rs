@@ -1,7 +1,12 @@
-//! Resilient Analytics: metric points stored in PostgreSQL, summarised by SQL aggregation,
+//! Resilient Analytics: metric points stored in PostgreSQL, summarised from SQL rollups,
 //! behind a Redis rate limiter and read-through cache, with a circuit breaker around the
 //! external enrichment service.
+//!
+//! Read top-down: `http` (routes, decoding, answers) → `app` (the write path and the summary
+//! read path) → the mechanisms (`rate_limiter`, `cache`, `circuit_breaker`, `enrichment`,
+//! `coalesce`, `idempotency`, `sketch`) → `storage` (all SQL), over the domain in `metric`.
 
+pub mod app;
 pub mod cache;
 pub mod circuit_breaker;
 pub mod clock;
@@ -11,7 +16,6 @@ pub mod enrichment;
 pub mod healthcheck;
 pub mod http;
 pub mod idempotency;
-pub mod ingest;
 pub mod metric;
 pub mod rate_limiter;
 pub mod redis_connection;

@@ -1,11 +1,18 @@
-//! Metric points and summaries: the domain, with the validation rules of the API contract.
+//! The domain: metric points, their types and time ranges, and what is read back (summaries,
+//! series, stored points), with the validation rules of the API contract. Nothing here knows
+//! of HTTP, JSON bodies or SQL; the messages of the rules are the contract's.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use serde::{Deserialize, Deserializer, Serialize, de};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{ObjectBuilder, Schema, SchemaType, Type},
+    },
+};
 
 use crate::enrichment::EnrichmentData;
 
@@ -17,36 +24,179 @@ pub const MAX_TAG_VALUE_CHARS: usize = 500;
 /// of double precision also sums squares, which overflows for values near 1e154).
 pub const MAX_ABS_VALUE: f64 = 1e100;
 
-/// Text without control characters (C0, DEL, C1), as a JSON Schema pattern. Attributes of
-/// the OpenAPI derive take only literals, so they repeat it; a test in `http` checks that.
+/// Text without control characters (C0, DEL, C1), as a JSON Schema pattern.
 pub const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 
-/// A validated metric point, ready to store. The schema carries every rule `from_json`
-/// enforces, so that a client (or a fuzzer) can tell a valid point from the document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// The earliest timestamp accepted anywhere (a point, a series range): the Unix epoch. Every
+/// sender we speak with (remote write, OTLP) counts time from it, and it keeps every bucket
+/// computation far inside PostgreSQL's range.
+pub fn earliest_timestamp() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+/// The latest timestamp accepted anywhere: the end of the last year RFC 3339 can write.
+pub fn latest_timestamp() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
+        .expect("a valid date")
+        .and_utc()
+}
+
+/// One offending field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Keeps the value, or records the field's error.
+pub fn collect<T>(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    result: Result<T, String>,
+) -> Option<T> {
+    result
+        .map_err(|message| errors.push(FieldError::new(field, message)))
+        .ok()
+}
+
+/// Implements `Deserialize` through `FromStr`, so a query parameter or a cached value is
+/// checked by the same rule as everything else of its kind.
+macro_rules! deserialize_from_str {
+    ($type:ty) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A metric's type: 1–100 characters (not bytes), no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct MetricType(String);
+
+impl MetricType {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for MetricType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let chars = text.chars().count();
+        if chars == 0 || chars > MAX_TYPE_CHARS {
+            Err(format!("must be 1 to {MAX_TYPE_CHARS} characters"))
+        } else if text.chars().any(char::is_control) {
+            Err("must not contain control characters".into())
+        } else {
+            Ok(Self(text.to_owned()))
+        }
+    }
+}
+
+deserialize_from_str!(MetricType);
+
+impl fmt::Display for MetricType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialSchema for MetricType {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("1–100 characters, no control characters."))
+            .min_length(Some(1))
+            .max_length(Some(MAX_TYPE_CHARS))
+            .pattern(Some(NO_CONTROL_CHARACTERS))
+            .into()
+    }
+}
+
+impl ToSchema for MetricType {}
+
+/// RFC 3339 within [`earliest_timestamp`] and [`latest_timestamp`]; a timestamp without an
+/// offset is UTC. Offsets are normalised to UTC.
+pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
+    let timestamp = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|naive| naive.and_utc())
+                .ok_or(())
+        })
+        .map_err(|()| "must be an RFC 3339 timestamp, e.g. 2026-01-01T12:00:00Z".to_owned())?;
+    if (earliest_timestamp()..=latest_timestamp()).contains(&timestamp) {
+        Ok(timestamp)
+    } else {
+        Err("must be from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z".into())
+    }
+}
+
+/// A finite value within ±[`MAX_ABS_VALUE`].
+pub fn check_value(value: f64) -> Result<f64, String> {
+    if value.is_finite() && value.abs() <= MAX_ABS_VALUE {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be a finite number with absolute value at most {MAX_ABS_VALUE:e}"
+        ))
+    }
+}
+
+/// The rules for one tag (the count is checked by whoever collects them).
+pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
+    let key_chars = key.chars().count();
+    if key_chars == 0 || key_chars > MAX_TAG_KEY_CHARS || key.chars().any(char::is_control) {
+        return Err(format!(
+            "{key:?}: tag keys must be 1 to {MAX_TAG_KEY_CHARS} characters without control characters"
+        ));
+    }
+    // PostgreSQL's jsonb cannot hold U+0000.
+    if value.chars().count() > MAX_TAG_VALUE_CHARS || value.contains('\0') {
+        return Err(format!(
+            "{key:?}: tag values must be at most {MAX_TAG_VALUE_CHARS} characters without NUL"
+        ));
+    }
+    Ok(())
+}
+
+/// A validated metric point, ready to store. The schema carries every rule the decoders
+/// enforce, so that a client (or a fuzzer) can tell a valid point from the document.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct MetricPoint {
-    /// When the point was measured (RFC 3339; without an offset it is taken as UTC).
+    /// When the point was measured (RFC 3339, 1970 to 9999; without an offset it is UTC).
+    #[schema(value_type = String, format = DateTime)]
     pub timestamp: DateTime<Utc>,
     /// A finite JSON number with absolute value at most 1e100.
     #[schema(minimum = -1e100, maximum = 1e100)]
     pub value: f64,
-    /// 1–100 characters, no control characters.
     #[serde(rename = "type")]
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub metric_type: String,
-    #[serde(default)]
+    #[schema(inline)]
+    pub metric_type: MetricType,
     #[schema(schema_with = tags_schema)]
     pub tags: BTreeMap<String, String>,
 }
 
-/// The rules of `parse_tags` as a schema (key rules need `propertyNames`, which the derive
-/// cannot express).
+/// The tag rules as a schema (key rules need `propertyNames`, which the derive cannot express).
 fn tags_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
     let key = ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
@@ -68,161 +218,20 @@ fn tags_schema() -> utoipa::openapi::schema::Object {
         .build()
 }
 
-/// One offending field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl MetricPoint {
-    /// Validates a parsed JSON body, reporting every offending field, not only the first.
-    /// Unknown fields are ignored, as the seed's model did.
-    pub fn from_json(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let Some(object) = body.as_object() else {
-            return Err(vec![FieldError::new("body", "must be a JSON object")]);
-        };
-        let mut errors = Vec::new();
-        let timestamp = collect(
-            &mut errors,
-            "timestamp",
-            required(object, "timestamp").and_then(parse_timestamp),
-        );
-        let value = collect(
-            &mut errors,
-            "value",
-            required(object, "value").and_then(parse_value),
-        );
-        let metric_type = required(object, "type")
-            .and_then(|v| v.as_str().ok_or_else(|| "must be a string".to_owned()))
-            .and_then(validate_type);
-        let metric_type = collect(&mut errors, "type", metric_type);
-        let tags = collect(&mut errors, "tags", parse_tags(object.get("tags")));
-        match (timestamp, value, metric_type, tags) {
-            (Some(timestamp), Some(value), Some(metric_type), Some(tags)) if errors.is_empty() => {
-                Ok(Self {
-                    timestamp,
-                    value,
-                    metric_type: metric_type.to_owned(),
-                    tags,
-                })
-            }
-            _ => Err(errors),
-        }
-    }
-}
-
-/// Keeps the value, or records the field's error.
-pub fn collect<T>(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    result: Result<T, String>,
-) -> Option<T> {
-    result
-        .map_err(|message| errors.push(FieldError::new(field, message)))
-        .ok()
-}
-
-fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, String> {
-    match object.get(field) {
-        None | Some(Value::Null) => Err("is required".into()),
-        Some(value) => Ok(value),
-    }
-}
-
-/// RFC 3339; a timestamp without an offset is UTC. Offsets are normalised to UTC.
-pub fn parse_timestamp(value: &Value) -> Result<DateTime<Utc>, String> {
-    let text = value.as_str().ok_or("must be an RFC 3339 string")?;
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-                .iter()
-                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-                .map(|naive| naive.and_utc())
-                .ok_or(())
-        })
-        .map_err(|()| "must be an RFC 3339 timestamp, e.g. 2026-01-01T12:00:00Z".into())
-}
-
-fn parse_value(value: &Value) -> Result<f64, String> {
-    let number = value
-        .as_number()
-        .and_then(|n| n.as_f64())
-        .ok_or("must be a JSON number")?;
-    if number.is_finite() && number.abs() <= MAX_ABS_VALUE {
-        Ok(number)
-    } else {
-        Err(format!(
-            "must be a finite number with absolute value at most {MAX_ABS_VALUE:e}"
-        ))
-    }
-}
-
-/// The rules for a metric type, shared by writes and queries.
-pub fn validate_type(metric_type: &str) -> Result<&str, String> {
-    let chars = metric_type.chars().count();
-    if chars == 0 || chars > MAX_TYPE_CHARS {
-        Err(format!("must be 1 to {MAX_TYPE_CHARS} characters"))
-    } else if metric_type.chars().any(char::is_control) {
-        Err("must not contain control characters".into())
-    } else {
-        Ok(metric_type)
-    }
-}
-
-fn parse_tags(value: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
-    let object = match value {
-        None | Some(Value::Null) => return Ok(BTreeMap::new()),
-        Some(Value::Object(object)) => object,
-        Some(_) => return Err("must be an object of string to string".into()),
-    };
-    if object.len() > MAX_TAGS {
-        return Err(format!("must have at most {MAX_TAGS} pairs"));
-    }
-    object
-        .iter()
-        .map(|(key, value)| {
-            let value = value
-                .as_str()
-                .ok_or_else(|| format!("{key:?}: tag values must be strings"))?;
-            let key_chars = key.chars().count();
-            if key_chars == 0 || key_chars > MAX_TAG_KEY_CHARS || key.chars().any(char::is_control) {
-                return Err(format!(
-                    "{key:?}: tag keys must be 1 to {MAX_TAG_KEY_CHARS} characters without control characters"
-                ));
-            }
-            // PostgreSQL's jsonb cannot hold U+0000.
-            if value.chars().count() > MAX_TAG_VALUE_CHARS || value.contains('\0') {
-                return Err(format!(
-                    "{key:?}: tag values must be at most {MAX_TAG_VALUE_CHARS} characters without NUL"
-                ));
-            }
-            Ok((key.clone(), value.to_owned()))
-        })
-        .collect()
-}
-
 /// The time span a summary covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
+    #[default]
     All,
     Daily,
     Hourly,
 }
 
-impl Period {
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl FromStr for Period {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
         match text {
             "all" => Ok(Self::All),
             "daily" => Ok(Self::Daily),
@@ -230,7 +239,11 @@ impl Period {
             _ => Err("must be one of all, daily, hourly".into()),
         }
     }
+}
 
+deserialize_from_str!(Period);
+
+impl Period {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::All => "all",
@@ -247,6 +260,140 @@ impl Period {
             Self::Hourly => Some(now - TimeDelta::hours(1)),
         }
     }
+}
+
+/// `t` rounded down to a whole `unit` (a whole number of seconds) since the Unix epoch; works
+/// for every year, unlike chrono's nanosecond-based rounding.
+pub fn floor(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
+    let unit = unit.num_seconds();
+    DateTime::from_timestamp(t.timestamp().div_euclid(unit) * unit, 0)
+        .expect("timestamps are in range")
+}
+
+/// Bucket widths of a series. Buckets are aligned to the Unix epoch, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
+pub enum SeriesBucket {
+    #[serde(rename = "1m")]
+    OneMinute,
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[serde(rename = "1h")]
+    #[default]
+    OneHour,
+    #[serde(rename = "1d")]
+    OneDay,
+}
+
+impl FromStr for SeriesBucket {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "1m" => Ok(Self::OneMinute),
+            "5m" => Ok(Self::FiveMinutes),
+            "1h" => Ok(Self::OneHour),
+            "1d" => Ok(Self::OneDay),
+            _ => Err("must be one of 1m, 5m, 1h, 1d".into()),
+        }
+    }
+}
+
+deserialize_from_str!(SeriesBucket);
+
+impl SeriesBucket {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneMinute => "1m",
+            Self::FiveMinutes => "5m",
+            Self::OneHour => "1h",
+            Self::OneDay => "1d",
+        }
+    }
+
+    pub fn width(self) -> TimeDelta {
+        match self {
+            Self::OneMinute => TimeDelta::minutes(1),
+            Self::FiveMinutes => TimeDelta::minutes(5),
+            Self::OneHour => TimeDelta::hours(1),
+            Self::OneDay => TimeDelta::days(1),
+        }
+    }
+
+    /// The start of the bucket holding `t`.
+    pub fn start_of(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        floor(t, self.width())
+    }
+}
+
+/// A series' range: whole buckets from the one holding `from` to the one before `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRange {
+    pub bucket: SeriesBucket,
+    /// The first bucket's start.
+    pub first: DateTime<Utc>,
+    /// The last bucket's start.
+    pub last: DateTime<Utc>,
+}
+
+/// A series may have at most this many buckets.
+pub const MAX_SERIES_BUCKETS: i64 = 10_000;
+
+impl SeriesRange {
+    /// The buckets covering `[from, to)`; an error names the offending end.
+    pub fn new(
+        bucket: SeriesBucket,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Self, FieldError> {
+        if from >= to {
+            return Err(FieldError::new("to", "must be later than from"));
+        }
+        let first = bucket.start_of(from);
+        let last = bucket.start_of(to - TimeDelta::microseconds(1));
+        let buckets = (last - first).num_seconds() / bucket.width().num_seconds() + 1;
+        if buckets > MAX_SERIES_BUCKETS {
+            return Err(FieldError::new(
+                "to",
+                format!(
+                    "the range holds {buckets} buckets of {}; at most {MAX_SERIES_BUCKETS}",
+                    bucket.as_str()
+                ),
+            ));
+        }
+        Ok(Self {
+            bucket,
+            first,
+            last,
+        })
+    }
+}
+
+/// One bucket of a series; an empty bucket has count 0 and no values.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SeriesPoint {
+    pub start: DateTime<Utc>,
+    pub count: i64,
+    pub avg: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A stored point as it is read back.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct StoredMetric {
+    pub id: i64,
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+    #[serde(rename = "type")]
+    pub metric_type: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An invalid point of a batch, by its position in the batch.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RejectedPoint {
+    pub index: usize,
+    pub errors: Vec<FieldError>,
 }
 
 /// Aggregates over the points of one type and period; all zero when there are none.
@@ -271,11 +418,11 @@ pub enum EnrichmentStatus {
     CircuitOpen,
 }
 
-/// The body of `GET /api/metrics/summary`.
+/// A summary of one type over one period, as it is answered and cached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Summary {
     #[serde(rename = "type")]
-    pub metric_type: String,
+    pub metric_type: MetricType,
     pub period: Period,
     #[serde(flatten)]
     pub aggregates: Aggregates,
@@ -285,92 +432,121 @@ pub struct Summary {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    fn fields(body: Value) -> Vec<String> {
-        MetricPoint::from_json(&body)
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
-    }
-
     #[test]
-    fn a_valid_point_is_normalised_to_utc() {
-        let point = MetricPoint::from_json(&json!({
-            "timestamp": "2026-01-01T12:00:00+02:00", "value": 42, "type": "cpu_usage",
-            "tags": {"host": "web-1"}
-        }))
-        .unwrap();
-        assert_eq!(point.timestamp.to_rfc3339(), "2026-01-01T10:00:00+00:00");
-        assert_eq!(point.value, 42.0);
-        assert_eq!(point.tags["host"], "web-1");
-    }
-
-    #[test]
-    fn a_timestamp_without_offset_is_utc() {
+    fn a_timestamp_without_offset_is_utc_and_offsets_are_normalised() {
         for text in [
             "2026-01-01T12:00:00",
             "2026-01-01T12:00:00.250",
             "2026-01-01 12:00:00",
+            "2026-01-01T14:00:00+02:00",
         ] {
-            let t = parse_timestamp(&json!(text)).unwrap();
+            let t = parse_timestamp(text).unwrap();
             assert_eq!(t.format("%H:%M:%S").to_string(), "12:00:00", "{text}");
         }
     }
 
     #[test]
-    fn every_offending_field_is_reported() {
-        assert_eq!(fields(json!({})), ["timestamp", "value", "type"]);
-        assert_eq!(
-            fields(
-                json!({"timestamp": "yesterday", "value": "1.5", "type": "", "tags": [], "extra": 1})
-            ),
-            ["timestamp", "value", "type", "tags"]
-        );
-        assert_eq!(fields(json!([1, 2])), ["body"]);
+    fn timestamps_outside_1970_to_9999_are_refused() {
+        for text in [
+            "-5000-01-01T00:00:00",
+            "+150000-01-01T00:00:00",
+            "1969-12-31T23:59:59.999Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(parse_timestamp(text).is_err(), "{text}");
+        }
+        assert!(parse_timestamp("1970-01-01T00:00:00Z").is_ok());
+        assert!(parse_timestamp("9999-12-31T23:59:59.999999Z").is_ok());
+        assert!(parse_timestamp("9999-12-31T23:59:59+01:00").is_ok());
+        assert!(parse_timestamp("9999-12-31T23:59:59-01:00").is_err());
     }
 
     #[test]
     fn type_length_is_counted_in_characters() {
-        assert!(validate_type(&"é".repeat(100)).is_ok());
-        assert!(validate_type(&"é".repeat(101)).is_err());
-        assert!(validate_type("").is_err());
-        assert!(validate_type("cpu\0usage").is_err());
+        assert!("é".repeat(100).parse::<MetricType>().is_ok());
+        assert!("é".repeat(101).parse::<MetricType>().is_err());
+        assert!("".parse::<MetricType>().is_err());
+        assert!("cpu\0usage".parse::<MetricType>().is_err());
+        assert!("cpu\u{85}usage".parse::<MetricType>().is_err());
     }
 
     #[test]
     fn values_are_bounded_so_aggregates_cannot_overflow() {
-        assert!(parse_value(&json!(1e100)).is_ok());
-        assert!(parse_value(&json!(-1e100)).is_ok());
-        assert!(parse_value(&json!(1.1e100)).is_err());
-        assert!(parse_value(&json!("1")).is_err());
-        assert!(parse_value(&json!(true)).is_err());
+        assert!(check_value(1e100).is_ok());
+        assert!(check_value(-1e100).is_ok());
+        assert!(check_value(1.1e100).is_err());
+        assert!(check_value(f64::NAN).is_err());
+        assert!(check_value(f64::INFINITY).is_err());
     }
 
     #[test]
     fn tags_are_bounded() {
-        let many: Map<String, Value> = (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
-        assert!(parse_tags(Some(&Value::Object(many))).is_err());
-        assert!(parse_tags(Some(&json!({"k": 1}))).is_err());
-        assert!(parse_tags(Some(&json!({"": "v"}))).is_err());
-        assert!(parse_tags(Some(&json!({"k": "a\u{0}b"}))).is_err());
-        assert!(parse_tags(Some(&json!({"k": "x".repeat(501)}))).is_err());
-        assert_eq!(parse_tags(Some(&Value::Null)).unwrap().len(), 0);
+        assert!(check_tag("host", "web-1").is_ok());
+        assert!(check_tag("", "v").is_err());
+        assert!(check_tag(&"k".repeat(101), "v").is_err());
+        assert!(check_tag("k", "a\u{0}b").is_err());
+        assert!(check_tag("k", &"x".repeat(501)).is_err());
+        assert!(check_tag("k\n", "v").is_err());
     }
 
     #[test]
-    fn periods_parse_strictly() {
-        assert_eq!(Period::parse("daily"), Ok(Period::Daily));
-        assert!(Period::parse("weekly").is_err());
-        assert!(Period::parse("DAILY").is_err());
+    fn periods_and_buckets_parse_strictly() {
+        assert_eq!("daily".parse(), Ok(Period::Daily));
+        assert!("weekly".parse::<Period>().is_err());
+        assert!("DAILY".parse::<Period>().is_err());
+        assert_eq!("5m".parse(), Ok(SeriesBucket::FiveMinutes));
+        assert!("2m".parse::<SeriesBucket>().is_err());
         let now = Utc::now();
         assert_eq!(Period::All.since(now), None);
         assert_eq!(
             Period::Hourly.since(now),
             Some(now - TimeDelta::minutes(60))
+        );
+    }
+
+    #[test]
+    fn a_series_range_is_whole_buckets_and_bounded() {
+        let at = |text: &str| parse_timestamp(text).unwrap();
+        let range = SeriesRange::new(
+            SeriesBucket::FiveMinutes,
+            at("2026-05-01T10:02:00Z"),
+            at("2026-05-01T10:10:00Z"),
+        )
+        .unwrap();
+        assert_eq!(range.first, at("2026-05-01T10:00:00Z"));
+        assert_eq!(range.last, at("2026-05-01T10:05:00Z"));
+        let reversed = SeriesRange::new(
+            SeriesBucket::OneHour,
+            at("2026-05-01T11:00:00Z"),
+            at("2026-05-01T10:00:00Z"),
+        );
+        assert_eq!(reversed.unwrap_err().field, "to");
+        let ten_thousand = SeriesRange::new(
+            SeriesBucket::OneMinute,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-07T22:40:00Z"),
+        );
+        assert!(ten_thousand.is_ok());
+        let too_many = SeriesRange::new(
+            SeriesBucket::OneMinute,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-07T22:40:01Z"),
+        );
+        assert!(too_many.is_err());
+    }
+
+    #[test]
+    fn bucket_starts_are_aligned_to_the_epoch() {
+        let t = parse_timestamp("2026-05-01T10:07:31Z").unwrap();
+        assert_eq!(
+            SeriesBucket::FiveMinutes.start_of(t),
+            parse_timestamp("2026-05-01T10:05:00Z").unwrap()
+        );
+        assert_eq!(
+            SeriesBucket::OneDay.start_of(t),
+            parse_timestamp("2026-05-01T00:00:00Z").unwrap()
         );
     }
 }

@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::{
+    app::{summaries::Summaries, writes::Writes},
     cache::SummaryCache,
     circuit_breaker::CircuitBreaker,
     config::{Settings, Timeouts},
     enrichment::{EnrichmentClient, SimulatedService},
-    http::{self, AppState},
+    http::{self, AppState, BodyBudget},
     idempotency,
-    ingest::Ingestor,
     rate_limiter::RateLimiter,
     redis_connection::RedisConnection,
     storage::Storage,
@@ -50,6 +50,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     timeouts: Timeouts,
+    storage: Storage,
+    /// Migrations and maintenance: stopped once the requests are done.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -58,9 +61,12 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let storage =
             Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
-        storage.spawn_migrations();
-        storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD);
-        storage.spawn_idempotency_key_cleanup(idempotency::CLEANUP_PERIOD, idempotency::KEY_TTL);
+        let background = vec![
+            storage.spawn_migrations(),
+            storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD),
+            storage
+                .spawn_idempotency_key_cleanup(idempotency::CLEANUP_PERIOD, idempotency::KEY_TTL),
+        ];
         let redis = RedisConnection::new(&settings.redis_url).map_err(StartupError::RedisUrl)?;
         let enrichment = EnrichmentClient::new(
             SimulatedService::new(settings.external_service.failure_rate),
@@ -69,14 +75,16 @@ impl Application {
             settings.cache_ttl,
         );
         let cache = Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl));
+        let enrichment = Arc::new(enrichment);
         let state = AppState {
-            ingestor: Ingestor::start(storage.clone(), cache.clone()),
-            cache,
+            writes: Writes::start(storage.clone(), cache.clone()),
+            summaries: Summaries::new(storage.clone(), cache, enrichment.clone()),
+            body_budget: Arc::new(BodyBudget::new()),
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
-            enrichment: Arc::new(enrichment),
+            enrichment,
             trusted_proxies: settings.trusted_proxies.into(),
             prometheus: telemetry::prometheus(),
-            storage,
+            storage: storage.clone(),
             redis,
         };
         let address = format!("{}:{}", settings.host, settings.port);
@@ -87,6 +95,8 @@ impl Application {
             listener,
             router: http::router(state, settings.timeouts),
             timeouts: settings.timeouts,
+            storage,
+            background,
         })
     }
 
@@ -165,6 +175,16 @@ impl Application {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
         }
+        // Maintenance is transactional: stopping it mid-way rolls its work back, to be
+        // redone by the next start.
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        // Bounded: connections of requests cut off by the grace period may never come back.
+        let _ = tokio::time::timeout(SHUTDOWN_DRAIN, self.storage.close()).await;
         Ok(())
     }
 }

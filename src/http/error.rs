@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{enrichment::CallFailure, metric::FieldError, storage::StorageError};
+use crate::{
+    app::writes::WriteError, enrichment::CallFailure, metric::FieldError, storage::StorageError,
+};
 
 /// Clients are asked to come back after this long when a dependency is down.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -128,10 +130,33 @@ impl From<StorageError> for ApiError {
                 tracing::warn!(%reason, "database unavailable");
                 Self::Unavailable
             }
+            // Only the constraint's name is shown: the database's message may carry data.
+            StorageError::Rejected(constraint) => Self::Validation(vec![FieldError::new(
+                "body",
+                format!("the database refused the data ({constraint})"),
+            )]),
             StorageError::Query(error) => Self::Internal(Box::new(error)),
             StorageError::Corrupt(reason) => Self::Internal(reason.into()),
         }
     }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::Invalid(errors) => Self::Validation(errors),
+            WriteError::KeyReused => Self::IdempotencyKeyReused,
+            WriteError::KeyInFlight => Self::IdempotencyKeyInFlight,
+            WriteError::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// Whether `E` is anywhere in the error's chain of sources.
+pub(super) fn caused_by<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 impl IntoResponse for ApiError {

@@ -1,5 +1,6 @@
 use axum::{Json, extract::State};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::{
@@ -55,7 +56,14 @@ pub(super) async fn call_external(State(state): State<AppState>) -> Result<Json<
     }
 }
 
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+/// The failure-rate body as sent: the field stays raw JSON until checked, so any other JSON
+/// in it is this field's error.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct FailureRateBody {
+    failure_rate: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct FailureRate {
     /// Probability, from 0 to 1, that a call to the simulated service fails.
     #[schema(minimum = 0.0, maximum = 1.0)]
@@ -77,11 +85,15 @@ pub(super) struct FailureRate {
 )]
 pub(super) async fn set_failure_rate(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson,
+    ApiJson(body): ApiJson<FailureRateBody>,
 ) -> Result<Json<FailureRate>> {
     let rate = body
-        .get("failure_rate")
-        .and_then(serde_json::Value::as_f64)
+        .failure_rate
+        .filter(|raw| {
+            raw.get()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        })
+        .and_then(|raw| raw.get().parse::<f64>().ok())
         .filter(|rate| (0.0..=1.0).contains(rate))
         .ok_or_else(|| {
             ApiError::Validation(vec![FieldError::new(
@@ -90,7 +102,7 @@ pub(super) async fn set_failure_rate(
             )])
         })?;
     state.enrichment.service().set_failure_rate(rate);
-    tracing::info!(rate, "external service failure rate changed");
+    tracing::Span::current().record("failure_rate", rate);
     Ok(Json(FailureRate { failure_rate: rate }))
 }
 

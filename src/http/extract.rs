@@ -6,157 +6,160 @@ use std::{
 };
 
 use axum::{
-    body::Bytes,
-    extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Query, Request},
-    http::{StatusCode, header, request::Parts},
+    extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request},
+    http::request::Parts,
 };
-use flate2::read::GzDecoder;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
-use tower_http::timeout::TimeoutError;
 
-use super::{AppState, MAX_BODY_BYTES, error::ApiError};
+use super::{
+    AppState, MAX_BODY_BYTES,
+    body::{DecodedBody, read_json},
+    decode::{self, DecodeError, DecodedBatch},
+    error::ApiError,
+};
 use crate::{
-    idempotency::{IdempotentRequest, validate_key},
-    metric::FieldError,
+    idempotency::{Fingerprinter, IdempotencyKey, KeyedRequest},
+    metric::{FieldError, MetricPoint},
 };
 
 /// The request header that makes a write idempotent.
-pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// A JSON body of at most `LIMIT` bytes, parsed into `T` (by default a `Value`, validated by
-/// the handler): 415 without a JSON content type or with an encoding other than gzip, 413
-/// over the limit (also after decompression), 400 when it is not JSON, 422 when it is JSON of
-/// another shape than `T`. The route's `DefaultBodyLimit` must be `LIMIT`.
-pub(super) struct ApiJson<const LIMIT: usize = MAX_BODY_BYTES, T = Value>(pub(super) T);
+/// A batch body's size, at most (after decompression).
+pub(super) const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
-impl<S: Send + Sync, const LIMIT: usize, T: DeserializeOwned> FromRequest<S> for ApiJson<LIMIT, T> {
-    type Rejection = ApiError;
+/// How a write endpoint's body is decoded, within which size.
+pub(super) trait BodyDecoder: 'static {
+    type Output: Send + 'static;
+    /// Bytes, at most, before and after decompression.
+    const LIMIT: usize;
+    fn decode(reader: &mut dyn Read) -> Result<Self::Output, DecodeError>;
+}
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = json_body::<LIMIT, S>(request, state).await?;
-        parse_json(&json).map(Self)
+/// `POST /api/metrics`: one point.
+pub(super) struct OnePoint;
+
+impl BodyDecoder for OnePoint {
+    type Output = MetricPoint;
+    const LIMIT: usize = MAX_BODY_BYTES;
+
+    fn decode(reader: &mut dyn Read) -> Result<MetricPoint, DecodeError> {
+        decode::single(&read_to_end(reader)?)
     }
 }
 
-/// A write's JSON body as [`ApiJson`] reads it, and its `Idempotency-Key` if it has one
-/// (400 when the key breaks the rules).
-pub(super) struct IdempotentJson<const LIMIT: usize = MAX_BODY_BYTES, T = Value> {
-    pub(super) body: T,
-    pub(super) idempotency: Option<IdempotentRequest>,
+/// `POST /api/metrics/batch`: up to 10,000 points, decoded as they stream in.
+pub(super) struct Batch;
+
+impl BodyDecoder for Batch {
+    type Output = DecodedBatch;
+    const LIMIT: usize = MAX_BATCH_BYTES;
+
+    fn decode(reader: &mut dyn Read) -> Result<DecodedBatch, DecodeError> {
+        decode::batch(reader)
+    }
 }
 
-impl<S: Send + Sync, const LIMIT: usize, T: DeserializeOwned> FromRequest<S>
-    for IdempotentJson<LIMIT, T>
-{
+fn read_to_end(reader: &mut dyn Read) -> Result<Vec<u8>, DecodeError> {
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(DecodeError::Read)?;
+    Ok(bytes)
+}
+
+/// A write: its body decoded by `D`, and its `Idempotency-Key` (400 when the key breaks the
+/// rules) scoped to the client that sent it, with the request's fingerprint.
+pub(super) struct WriteBody<D: BodyDecoder> {
+    pub(super) body: DecodedBody<D::Output>,
+    pub(super) key: Option<KeyedRequest>,
+}
+
+impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let key = match request.headers().get(IDEMPOTENCY_KEY) {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let key = match parts.headers.get(IDEMPOTENCY_KEY) {
             None => None,
-            Some(value) => {
-                let key = value
+            Some(value) => Some(
+                value
                     .to_str()
                     .map_err(|_| "must hold only visible ASCII characters".to_owned())
-                    .and_then(validate_key)
+                    .and_then(str::parse::<IdempotencyKey>)
                     .map_err(|message| {
                         ApiError::InvalidHeader(FieldError::new("Idempotency-Key", message))
-                    })?;
-                Some(key.to_owned())
-            }
+                    })?,
+            ),
         };
-        let path = request.uri().path().to_owned();
-        let json = json_body::<LIMIT, S>(request, state).await?;
-        let body = parse_json(&json)?;
-        let idempotency = key.map(|key| IdempotentRequest::new(key, &path, &json));
-        Ok(Self { body, idempotency })
+        let ClientIp(client) = ClientIp::from_request_parts(&mut parts, state).await?;
+        let fingerprint = key.is_some().then(|| Fingerprinter::new(parts.uri.path()));
+        let body = read_json(
+            &state.body_budget,
+            &parts.headers,
+            body,
+            D::LIMIT,
+            fingerprint,
+            D::decode,
+        )
+        .await?;
+        let key = key.map(|key| KeyedRequest {
+            scope: client.to_string(),
+            key,
+            fingerprint: body.fingerprint.clone().unwrap_or_default(),
+        });
+        Ok(Self { body, key })
     }
 }
 
-/// A JSON request's body, decompressed: 415 without a JSON content type or with an encoding
-/// other than gzip, 413 over `LIMIT` bytes (also after decompression).
-async fn json_body<const LIMIT: usize, S: Send + Sync>(
-    request: Request,
-    state: &S,
-) -> Result<Bytes, ApiError> {
-    if !has_json_content_type(request.headers()) {
-        return Err(ApiError::UnsupportedMediaType);
+/// A small JSON body of another endpoint, parsed into `T`: the rules of the write bodies
+/// (415, 413 over 1 MiB, 400 when not JSON or too deep), and 422 for JSON of another shape.
+pub(super) struct ApiJson<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let decoded = read_json(
+            &state.body_budget,
+            &parts.headers,
+            body,
+            MAX_BODY_BYTES,
+            None,
+            |reader| {
+                serde_json::from_slice(&read_to_end(reader)?).map_err(|error| {
+                    if error.is_data() {
+                        DecodeError::Invalid(vec![FieldError::new("body", error.to_string())])
+                    } else {
+                        DecodeError::Malformed(error.to_string())
+                    }
+                })
+            },
+        )
+        .await?;
+        Ok(Self(decoded.value))
     }
-    let gzipped = match request
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str())
-    {
-        None => false,
-        Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("identity") => false,
-        Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("gzip") => true,
-        Some(_) => return Err(ApiError::UnsupportedEncoding),
-    };
-    let too_large = ApiError::PayloadTooLarge { limit: LIMIT };
-    let bytes = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit: LIMIT }
-            } else if caused_by::<TimeoutError>(&rejection) {
-                ApiError::BodyReadTimeout
-            } else {
-                ApiError::MalformedJson(rejection.body_text())
-            }
-        })?;
-    if !gzipped {
-        return Ok(bytes);
-    }
-    // Bounded, so a small compressed body cannot expand without limit.
-    let mut inflated = Vec::new();
-    GzDecoder::new(&bytes[..])
-        .take(LIMIT as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|error| ApiError::MalformedJson(format!("invalid gzip body: {error}")))?;
-    if inflated.len() > LIMIT {
-        return Err(too_large);
-    }
-    Ok(Bytes::from(inflated))
 }
 
-/// 400 when it is not JSON, 422 when it is JSON of another shape than `T`.
-fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(json).map_err(|error| {
-        if error.is_data() {
-            ApiError::Validation(vec![FieldError::new("body", error.to_string())])
-        } else {
-            ApiError::MalformedJson(error.to_string())
-        }
-    })
-}
-
-/// Whether `E` is anywhere in the error's chain of sources.
-fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
-}
-
-fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase())
-        .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"))
-}
-
-/// Query parameters; a malformed query string is a 400 with the project's body.
+/// Query parameters, each deserialised by its type's own rule; the first offending
+/// parameter is a 400 naming it.
 pub(super) struct ApiQuery<T>(pub(super) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(value)| Self(value))
-            .map_err(|rejection| {
-                ApiError::InvalidQuery(vec![FieldError::new("query", rejection.body_text())])
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Self)
+            .map_err(|error| {
+                let field = match error.path().to_string() {
+                    path if path == "." => "query".to_owned(),
+                    path => path,
+                };
+                ApiError::InvalidQuery(vec![FieldError::new(field, error.inner().to_string())])
             })
     }
 }
@@ -272,19 +275,5 @@ mod tests {
             client_ip(ip("127.0.0.1"), std::iter::empty(), &trusted),
             ip("127.0.0.1")
         );
-    }
-
-    #[test]
-    fn content_types() {
-        let with = |value: &str| {
-            let mut headers = axum::http::HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
-            has_json_content_type(&headers)
-        };
-        assert!(with("application/json"));
-        assert!(with("Application/JSON; charset=utf-8"));
-        assert!(with("application/merge-patch+json"));
-        assert!(!with("text/plain"));
-        assert!(!has_json_content_type(&axum::http::HeaderMap::new()));
     }
 }

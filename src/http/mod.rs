@@ -1,5 +1,8 @@
-//! The HTTP layer: routes, extractors, the rate-limit middleware and the error body.
+//! The HTTP layer: routes, extractors and body decoding, the rate-limit middleware and the
+//! error body. Handlers decode the request, call the application services, and answer.
 
+mod body;
+mod decode;
 mod error;
 mod external;
 mod extract;
@@ -11,18 +14,23 @@ mod rate_limit;
 
 use std::sync::Arc;
 
-use axum::{Router, extract::DefaultBodyLimit, middleware};
+use axum::{Router, middleware};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use body::BodyBudget;
 pub use error::{ApiError, ErrorBody};
 
 use crate::{
-    cache::SummaryCache, config::Timeouts, enrichment::EnrichmentClient, ingest::Ingestor,
-    rate_limiter::RateLimiter, redis_connection::RedisConnection, storage::Storage,
+    app::{summaries::Summaries, writes::Writes},
+    config::Timeouts,
+    enrichment::EnrichmentClient,
+    rate_limiter::RateLimiter,
+    redis_connection::RedisConnection,
+    storage::Storage,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -32,9 +40,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub storage: Storage,
-    pub ingestor: Ingestor,
+    pub writes: Writes,
+    pub summaries: Summaries,
     pub redis: RedisConnection,
-    pub cache: Arc<SummaryCache>,
+    pub body_budget: Arc<BodyBudget>,
     pub rate_limiter: Arc<RateLimiter>,
     pub enrichment: Arc<EnrichmentClient>,
     pub trusted_proxies: Arc<[IpNet]>,
@@ -46,8 +55,8 @@ pub struct AppState {
     info(
         title = "Resilient Analytics API",
         description = "Takes in metric points, stores them in PostgreSQL and answers summaries \
-                       computed by SQL aggregation, behind a Redis rate limiter and cache and a \
-                       circuit breaker around the external enrichment service."
+                       from SQL rollups, behind a Redis rate limiter and cache and a circuit \
+                       breaker around the external enrichment service."
     ),
     components(schemas(ErrorBody))
 )]
@@ -58,11 +67,7 @@ struct ApiDoc;
 pub fn router(state: AppState, timeouts: Timeouts) -> Router {
     let rate_limited = OpenApiRouter::new()
         .routes(routes!(metrics::create_metric))
-        .merge(
-            OpenApiRouter::new()
-                .routes(routes!(metrics::create_batch))
-                .layer(DefaultBodyLimit::max(metrics::MAX_BATCH_BYTES)),
-        )
+        .routes(routes!(metrics::create_batch))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit_by_client,
@@ -84,7 +89,6 @@ pub fn router(state: AppState, timeouts: Timeouts) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     layers::wrap(app, timeouts)
 }

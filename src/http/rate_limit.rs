@@ -18,7 +18,7 @@ pub(super) async fn limit_by_client(
     let mut response = if decision.allowed {
         next.run(request).await
     } else {
-        tracing::info!(%client, "rate limited");
+        tracing::Span::current().record("rate_limited", true);
         ApiError::RateLimited {
             retry_after: decision.retry_after,
         }

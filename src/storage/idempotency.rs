@@ -1,15 +1,16 @@
-//! Writes under an `Idempotency-Key`: the key, the request's fingerprint and the first
-//! response are stored in the same transaction as the points.
+//! Writes under an `Idempotency-Key`: the key (within its client's scope), the request's
+//! fingerprint and the first response are stored in the same transaction as the points.
 
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::{Postgres, Transaction};
 
 use super::{
     Storage, StorageError,
     metrics::{Stored, count_ingested, insert_points},
 };
-use crate::metric::MetricPoint;
+use crate::{idempotency::KeyedRequest, metric::MetricPoint};
 
 /// PostgreSQL's lock_not_available: the wait for a concurrent request's key ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -23,34 +24,39 @@ pub struct StoredResponse {
     pub body: Value,
 }
 
-/// What became of a write under a key.
-#[derive(Debug)]
-pub enum KeyedWrite {
-    /// The key was new (or expired): the points are committed with it.
-    Written(StoredResponse),
-    /// The key was used before for this very request: nothing was written.
-    Replayed(StoredResponse),
-    /// The key was used before for another request: nothing was written.
-    KeyReused,
-    /// A request with this key is still in flight and did not finish within `wait`.
+/// What claiming a key found.
+pub enum Claim {
+    /// The key was new (or expired): write the points in this transaction, then commit it
+    /// with the response.
+    Claimed(KeyedTransaction),
+    /// The key was used before for this very request: write nothing, answer this.
+    Replay(StoredResponse),
+    /// The key was used before for another request: write nothing.
+    Reused,
+    /// A request with this key is still in flight and did not finish within the wait.
     InFlight,
 }
 
+/// A claimed key's transaction: nothing of it is visible until `commit`, and dropping it
+/// rolls the claim and the points back.
+pub struct KeyedTransaction {
+    storage: Storage,
+    transaction: Transaction<'static, Postgres>,
+    request: KeyedRequest,
+    stored: Vec<Stored>,
+}
+
 impl Storage {
-    /// Stores `points` under `key`, unless the key was used within `ttl`. A concurrent request
-    /// with the same key waits for this one's outcome (at most `wait`): it is then replayed,
-    /// or, if this one failed, takes the key itself.
-    #[tracing::instrument(skip_all, fields(points = points.len()))]
-    pub async fn insert_metrics_idempotently(
+    /// Claims `request`'s key unless it was used within `ttl`. A concurrent request with the
+    /// same key waits for that one's outcome (at most `wait`): it is then replayed, or, if the
+    /// other one failed, claims the key itself.
+    pub async fn claim_key(
         &self,
-        key: &str,
-        fingerprint: &[u8],
+        request: &KeyedRequest,
         ttl: Duration,
         wait: Duration,
-        points: &[MetricPoint],
-        respond: impl FnOnce(&[Stored]) -> StoredResponse,
-    ) -> Result<KeyedWrite, StorageError> {
-        let write = async {
+    ) -> Result<Claim, StorageError> {
+        let claim = async {
             let mut transaction = self.pool.begin().await?;
             // For this transaction only (in milliseconds).
             sqlx::query!(
@@ -65,16 +71,17 @@ impl Storage {
                 // language=PostgreSQL
                 r#"
                 insert into idempotency_keys as k
-                    (key, request_fingerprint, response_status, response_body)
-                values ($1, $2, 0, 'null')
-                on conflict (key) do update set
+                    (scope, key, request_fingerprint, response_status, response_body)
+                values ($1, $2, $3, 0, 'null')
+                on conflict (scope, key) do update set
                     request_fingerprint = excluded.request_fingerprint,
                     created_at = now()
-                where k.created_at < now() - make_interval(secs => $3)
+                where k.created_at < now() - make_interval(secs => $4)
                 returning true as "claimed!"
                 "#,
-                key,
-                fingerprint,
+                request.scope,
+                request.key.as_str(),
+                request.fingerprint,
                 ttl.as_secs_f64(),
             )
             .fetch_optional(&mut *transaction)
@@ -83,51 +90,39 @@ impl Storage {
                 Err(sqlx::Error::Database(error))
                     if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
                 {
-                    return Ok(KeyedWrite::InFlight);
+                    Ok(Claim::InFlight)
                 }
-                Err(error) => return Err(error),
-                Ok(Some(_)) => {}
+                Err(error) => Err(error),
+                Ok(Some(_)) => Ok(Claim::Claimed(KeyedTransaction {
+                    storage: self.clone(),
+                    transaction,
+                    request: request.clone(),
+                    stored: Vec::new(),
+                })),
                 Ok(None) => {
                     let first = sqlx::query!(
                         // language=PostgreSQL
                         r#"
                         select request_fingerprint, response_status, response_body
-                        from idempotency_keys where key = $1
+                        from idempotency_keys where scope = $1 and key = $2
                         "#,
-                        key,
+                        request.scope,
+                        request.key.as_str(),
                     )
                     .fetch_one(&mut *transaction)
                     .await?;
-                    let outcome = if first.request_fingerprint == fingerprint {
-                        KeyedWrite::Replayed(StoredResponse {
+                    Ok(if first.request_fingerprint == request.fingerprint {
+                        Claim::Replay(StoredResponse {
                             status: first.response_status as u16,
                             body: first.response_body,
                         })
                     } else {
-                        KeyedWrite::KeyReused
-                    };
-                    return Ok(outcome);
+                        Claim::Reused
+                    })
                 }
             }
-            let stored = insert_points(&mut *transaction, points).await?;
-            let response = respond(&stored);
-            sqlx::query!(
-                // language=PostgreSQL
-                r#"
-                update idempotency_keys set response_status = $2, response_body = $3
-                where key = $1
-                "#,
-                key,
-                response.status as i16,
-                response.body,
-            )
-            .execute(&mut *transaction)
-            .await?;
-            transaction.commit().await?;
-            count_ingested(&stored);
-            Ok(KeyedWrite::Written(response))
         };
-        self.run(write).await
+        self.run(claim).await
     }
 
     /// Deletes expired keys every `period`, for as long as the process runs.
@@ -154,8 +149,8 @@ impl Storage {
             // language=PostgreSQL
             r#"
             delete from idempotency_keys
-            where key in (
-                select key from idempotency_keys
+            where (scope, key) in (
+                select scope, key from idempotency_keys
                 where created_at < now() - make_interval(secs => $1)
                 limit $2
             )
@@ -165,5 +160,44 @@ impl Storage {
         )
         .execute(&self.pool);
         Ok(self.run(deleted).await?.rows_affected())
+    }
+}
+
+impl KeyedTransaction {
+    /// Inserts the points (with their rollup deltas) in this transaction; the result is in
+    /// their order.
+    pub async fn insert(&mut self, points: &[MetricPoint]) -> Result<Vec<Stored>, StorageError> {
+        let stored = self
+            .storage
+            .run(insert_points(&mut *self.transaction, points))
+            .await?;
+        self.stored.extend_from_slice(&stored);
+        Ok(stored)
+    }
+
+    /// Records the response under the key and commits it with the points.
+    pub async fn commit(mut self, response: &StoredResponse) -> Result<(), StorageError> {
+        let recorded = sqlx::query!(
+            // language=PostgreSQL
+            r#"
+            update idempotency_keys set response_status = $3, response_body = $4
+            where scope = $1 and key = $2
+            "#,
+            self.request.scope,
+            self.request.key.as_str(),
+            response.status as i16,
+            response.body,
+        )
+        .execute(&mut *self.transaction);
+        self.storage.run(recorded).await?;
+        let Self {
+            storage,
+            transaction,
+            stored,
+            ..
+        } = self;
+        storage.run(transaction.commit()).await?;
+        count_ingested(&stored);
+        Ok(())
     }
 }

@@ -1,29 +1,21 @@
+//! The `metrics` table: inserts (with their rollup deltas) and reads of stored points.
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgExecutor, types::Json};
-use utoipa::ToSchema;
 
 use super::{Storage, StorageError};
-use crate::{metric::MetricPoint, sketch::QuantileSketch};
+use crate::{
+    metric::{MetricPoint, MetricType, StoredMetric},
+    sketch::QuantileSketch,
+};
 
 /// What the database assigned to a stored point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     pub id: i64,
     pub received_at: DateTime<Utc>,
-}
-
-/// A stored point as `GET /api/metrics/list` returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct StoredMetric {
-    pub id: i64,
-    pub timestamp: DateTime<Utc>,
-    pub value: f64,
-    #[serde(rename = "type")]
-    pub metric_type: String,
-    pub tags: BTreeMap<String, String>,
 }
 
 /// A batch's aggregates per type and UTC minute, as columns for `metric_rollup_deltas`.
@@ -96,7 +88,7 @@ impl Storage {
     #[tracing::instrument(skip(self))]
     pub async fn list_metrics(
         &self,
-        metric_type: Option<&str>,
+        metric_type: Option<&MetricType>,
         limit: i64,
     ) -> Result<Vec<StoredMetric>, StorageError> {
         let rows = sqlx::query!(
@@ -108,7 +100,7 @@ impl Storage {
             order by recorded_at desc, id desc
             limit $2
             "#,
-            metric_type,
+            metric_type.map(MetricType::as_str),
             limit,
         )
         .fetch_all(&self.pool);

@@ -18,9 +18,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use idempotency::{KeyedWrite, StoredResponse};
-pub use metrics::{Stored, StoredMetric};
-pub use rollups::{SeriesBucket, SeriesPoint};
+pub use idempotency::{Claim, KeyedTransaction, StoredResponse};
+pub use metrics::Stored;
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,11 +33,22 @@ pub enum StorageError {
     /// PostgreSQL cannot be reached, or the schema is not in place yet.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// PostgreSQL refused the data itself (a data exception or a constraint): retrying the
+    /// same data cannot help. Carries the constraint's name when there is one.
+    #[error("the database refused the data: {0}")]
+    Rejected(String),
     #[error("database error: {0}")]
     Query(#[source] Arc<sqlx::Error>),
     /// Stored data that cannot be read back (a bug, or a hand-edited row).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+impl StorageError {
+    /// Whether the write that failed so may have committed all the same.
+    pub fn may_have_committed(&self) -> bool {
+        false
+    }
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -53,8 +63,21 @@ impl From<sqlx::Error> for StorageError {
             }),
             _ => false,
         };
+        // Class 22: data exception; 23: integrity constraint violation.
+        let rejected = match &error {
+            Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+            {
+                Some(db.constraint().unwrap_or("no constraint named").to_owned())
+            }
+            _ => None,
+        };
         if unavailable {
             Self::Unavailable(error.to_string())
+        } else if let Some(constraint) = rejected {
+            Self::Rejected(constraint)
         } else {
             Self::Query(Arc::new(error))
         }
@@ -100,6 +123,11 @@ impl Storage {
                 }
             }
         })
+    }
+
+    /// Closes the pool's connections, waiting for the ones in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     pub fn is_migrated(&self) -> bool {

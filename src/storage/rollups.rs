@@ -7,7 +7,10 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::Value;
 
 use super::{Storage, StorageError};
-use crate::{metric::Aggregates, sketch::QuantileSketch};
+use crate::{
+    metric::{Aggregates, MetricType, SeriesBucket, SeriesPoint, SeriesRange, floor},
+    sketch::QuantileSketch,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resolution {
@@ -26,8 +29,8 @@ impl Resolution {
     }
 }
 
-/// Earlier and later than any accepted timestamp (RFC 3339 years are 0000–9999), and within
-/// PostgreSQL's range.
+/// Earlier and later than any accepted timestamp (`metric::earliest_timestamp` and
+/// `latest_timestamp`), and within PostgreSQL's range: the ends of "all time".
 fn beginning_of_time() -> DateTime<Utc> {
     NaiveDate::from_ymd_opt(-4000, 1, 1)
         .unwrap()
@@ -42,14 +45,6 @@ fn end_of_time() -> DateTime<Utc> {
         .and_hms_opt(0, 0, 0)
         .unwrap()
         .and_utc()
-}
-
-/// `t` rounded down to a whole `unit` (a whole number of seconds) since the Unix epoch; works
-/// for every year, unlike chrono's nanosecond-based rounding.
-fn floor(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
-    let unit = unit.num_seconds();
-    DateTime::from_timestamp(t.timestamp().div_euclid(unit) * unit, 0)
-        .expect("timestamps are in range")
 }
 
 fn ceil(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
@@ -123,7 +118,7 @@ impl Storage {
     #[tracing::instrument(skip(self))]
     pub async fn aggregate(
         &self,
-        metric_type: &str,
+        metric_type: &MetricType,
         since: Option<DateTime<Utc>>,
     ) -> Result<Aggregates, StorageError> {
         let plan = plan(since, Utc::now());
@@ -164,7 +159,7 @@ impl Storage {
                 metric_sketch_merge_all(array_agg(sketch)) as sketch
             from parts
             "#,
-            metric_type,
+            metric_type.as_str(),
             &resolutions as &[&str],
             &starts,
             &ends,
@@ -192,77 +187,22 @@ impl Storage {
     }
 }
 
-/// Bucket widths of `GET /api/metrics/series`, and the rollups each is served from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeriesBucket {
-    OneMinute,
-    FiveMinutes,
-    OneHour,
-    OneDay,
-}
-
-impl SeriesBucket {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "1m" => Ok(Self::OneMinute),
-            "5m" => Ok(Self::FiveMinutes),
-            "1h" => Ok(Self::OneHour),
-            "1d" => Ok(Self::OneDay),
-            _ => Err("must be one of 1m, 5m, 1h, 1d".into()),
-        }
+/// The rollups a series bucket is served from.
+fn resolution_of(bucket: SeriesBucket) -> Resolution {
+    match bucket {
+        SeriesBucket::OneMinute | SeriesBucket::FiveMinutes => Resolution::Minute,
+        SeriesBucket::OneHour => Resolution::Hour,
+        SeriesBucket::OneDay => Resolution::Day,
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OneMinute => "1m",
-            Self::FiveMinutes => "5m",
-            Self::OneHour => "1h",
-            Self::OneDay => "1d",
-        }
-    }
-
-    pub fn width(self) -> TimeDelta {
-        match self {
-            Self::OneMinute => TimeDelta::minutes(1),
-            Self::FiveMinutes => TimeDelta::minutes(5),
-            Self::OneHour => TimeDelta::hours(1),
-            Self::OneDay => TimeDelta::days(1),
-        }
-    }
-
-    fn resolution(self) -> Resolution {
-        match self {
-            Self::OneMinute | Self::FiveMinutes => Resolution::Minute,
-            Self::OneHour => Resolution::Hour,
-            Self::OneDay => Resolution::Day,
-        }
-    }
-
-    /// The start of the bucket holding `t` (buckets are aligned to the Unix epoch, in UTC).
-    pub fn start_of(self, t: DateTime<Utc>) -> DateTime<Utc> {
-        floor(t, self.width())
-    }
-}
-
-/// One bucket of a series; an empty bucket has count 0 and no values.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct SeriesPoint {
-    pub start: DateTime<Utc>,
-    pub count: i64,
-    pub avg: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
 }
 
 impl Storage {
-    /// The buckets starting from `first` to `last` (both bucket starts), empty ones included.
+    /// The range's buckets, empty ones included.
     #[tracing::instrument(skip(self))]
     pub async fn series(
         &self,
-        metric_type: &str,
-        bucket: SeriesBucket,
-        first: DateTime<Utc>,
-        last: DateTime<Utc>,
+        metric_type: &MetricType,
+        range: SeriesRange,
     ) -> Result<Vec<SeriesPoint>, StorageError> {
         let rows = sqlx::query_as!(
             SeriesPoint,
@@ -289,11 +229,11 @@ impl Storage {
             group by b.start
             order by b.start
             "#,
-            metric_type,
-            bucket.resolution().as_str(),
-            first,
-            last,
-            bucket.width().num_seconds(),
+            metric_type.as_str(),
+            resolution_of(range.bucket).as_str(),
+            range.first,
+            range.last,
+            range.bucket.width().num_seconds(),
         )
         .fetch_all(&self.pool);
         self.run(rows).await

@@ -1,0 +1,5 @@
+//! The application services between `http` and the mechanisms and `storage`, each the one
+//! home of its policy: the write path and the summary read path.
+
+pub mod summaries;
+pub mod writes;
