@@ -206,6 +206,25 @@ async fn the_metrics_endpoint_reports_real_traffic() {
     }
 }
 
+#[tokio::test]
+async fn the_circuit_breaker_state_is_in_the_first_scrape_after_start_up() {
+    let app = spawn_app().await;
+    // A process of its own: in this one, an earlier server installed the recorder long ago.
+    let server = ServerProcess::spawn(&app, &[]);
+    server.wait_until_healthy(&app.client).await;
+    let response = app
+        .client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(
+        text.lines().any(|line| line == "circuit_breaker_state 0"),
+        "no closed circuit_breaker_state in\n{text}"
+    );
+}
+
 /// The methods the `method` label names; every other one is `other`.
 const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
