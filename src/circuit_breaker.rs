@@ -1,7 +1,8 @@
 //! The seed's circuit breaker: CLOSED → OPEN after `failure_threshold` consecutive failures;
 //! while OPEN calls fail fast; after `reset_timeout` exactly one probe is let through
 //! (HALF_OPEN) while every other call keeps failing fast; the probe's success closes the
-//! circuit, its failure opens it for another timeout.
+//! circuit, its failure opens it for another timeout. Only calls that finished count: one
+//! whose caller went away is neither a success nor a failure.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -76,12 +77,15 @@ pub struct CircuitBreaker<C: Clock = MonotonicClock> {
     inner: Mutex<Inner>,
 }
 
-/// Permission for one call. Report its outcome with `succeeded` or `failed`; a permit dropped
-/// without an outcome (the caller was cancelled) counts as a failure, so a lost probe can
-/// never leave the circuit half-open for good.
+/// Permission for one call. Report its outcome with `succeeded` or `failed`. A permit dropped
+/// without an outcome (the caller was cancelled, e.g. its client hung up) says nothing about
+/// the service, so it counts neither way: clients that give up early cannot open the circuit
+/// for everyone else.
 #[must_use = "report the call's outcome"]
 pub struct Permit<'a, C: Clock> {
     breaker: &'a CircuitBreaker<C>,
+    /// The one call let through while HALF_OPEN: only its outcome decides the state then.
+    probe: bool,
     reported: bool,
 }
 
@@ -114,51 +118,66 @@ impl<C: Clock> CircuitBreaker<C> {
     /// Asks to make a call. Fails fast while OPEN, and while HALF_OPEN with a probe in flight.
     pub fn try_acquire(&self) -> Result<Permit<'_, C>, CircuitOpen> {
         let mut inner = self.lock();
-        let allowed = match inner.state {
-            CircuitState::Closed => true,
-            CircuitState::HalfOpen => false,
+        let probe = match inner.state {
+            CircuitState::Closed => false,
+            CircuitState::HalfOpen => {
+                inner.rejected += 1;
+                return Err(CircuitOpen);
+            }
             CircuitState::Open => {
-                let probe_due = self.clock.now() >= inner.opened_at + self.settings.reset_timeout;
-                if probe_due {
-                    self.transition(&mut inner, CircuitState::HalfOpen);
+                if self.clock.now() < inner.opened_at + self.settings.reset_timeout {
+                    inner.rejected += 1;
+                    return Err(CircuitOpen);
                 }
-                probe_due
+                self.transition(&mut inner, CircuitState::HalfOpen);
+                true
             }
         };
-        if allowed {
-            Ok(Permit {
-                breaker: self,
-                reported: false,
-            })
-        } else {
-            inner.rejected += 1;
-            Err(CircuitOpen)
-        }
+        Ok(Permit {
+            breaker: self,
+            probe,
+            reported: false,
+        })
     }
 
-    fn record(&self, success: bool) {
+    fn record(&self, success: bool, probe: bool) {
         let mut inner = self.lock();
         if success {
             inner.successes += 1;
-            inner.consecutive_failures = 0;
-            // A late success from a call admitted before the circuit opened proves little;
-            // only the probe closes it.
-            if inner.state == CircuitState::HalfOpen {
+        }
+        match (inner.state, probe) {
+            (CircuitState::Closed, _) if success => inner.consecutive_failures = 0,
+            (CircuitState::Closed, _) => {
+                inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+                if inner.consecutive_failures >= self.settings.failure_threshold {
+                    self.open(&mut inner);
+                }
+            }
+            (CircuitState::HalfOpen, true) if success => {
+                inner.consecutive_failures = 0;
                 self.transition(&mut inner, CircuitState::Closed);
             }
-            return;
+            (CircuitState::HalfOpen, true) => {
+                inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+                self.open(&mut inner);
+            }
+            // A late outcome of a call admitted while the circuit was still closed: it says
+            // nothing about the service now, so it neither closes, re-opens nor prolongs it.
+            (CircuitState::Open | CircuitState::HalfOpen, _) => {}
         }
-        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        let trips = match inner.state {
-            CircuitState::HalfOpen => true,
-            CircuitState::Closed => inner.consecutive_failures >= self.settings.failure_threshold,
-            // A call admitted before another one tripped the circuit: it is already open.
-            CircuitState::Open => false,
-        };
-        if trips {
-            inner.opened_at = self.clock.now();
-            self.transition(&mut inner, CircuitState::Open);
-        }
+    }
+
+    /// The probe's caller went away before it finished. The circuit is still HALF_OPEN (only
+    /// the probe leaves that state); it goes back to OPEN with its `opened_at` kept, whose
+    /// timeout has passed, so the next call probes at once and the open period is not extended.
+    fn abandon_probe(&self) {
+        let mut inner = self.lock();
+        self.transition(&mut inner, CircuitState::Open);
+    }
+
+    fn open(&self, inner: &mut Inner) {
+        inner.opened_at = self.clock.now();
+        self.transition(inner, CircuitState::Open);
     }
 
     fn transition(&self, inner: &mut Inner, to: CircuitState) {
@@ -195,19 +214,20 @@ impl<C: Clock> CircuitBreaker<C> {
 impl<C: Clock> Permit<'_, C> {
     pub fn succeeded(mut self) {
         self.reported = true;
-        self.breaker.record(true);
+        self.breaker.record(true, self.probe);
     }
 
     pub fn failed(mut self) {
         self.reported = true;
-        self.breaker.record(false);
+        self.breaker.record(false, self.probe);
     }
 }
 
 impl<C: Clock> Drop for Permit<'_, C> {
     fn drop(&mut self) {
-        if !self.reported {
-            self.breaker.record(false);
+        // An abandoned probe must not leave the circuit half-open for good.
+        if !self.reported && self.probe {
+            self.breaker.abandon_probe();
         }
     }
 }
@@ -289,12 +309,69 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_probe_counts_as_a_failure() {
+    fn a_call_whose_caller_went_away_is_neither_a_success_nor_a_failure() {
+        let (breaker, _clock) = breaker();
+        fail_times(&breaker, 2);
+        for _ in 0..5 {
+            drop(breaker.try_acquire().expect("call allowed"));
+        }
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Closed);
+        assert_eq!((status.failure_count, status.success_count), (2, 0));
+        // Nor did they reset the count: the next failure is the third in a row.
+        fail_times(&breaker, 1);
+        assert_eq!(breaker.status().state, CircuitState::Open);
+    }
+
+    #[test]
+    fn an_abandoned_probe_reopens_the_circuit_with_a_probe_due_at_once() {
         let (breaker, clock) = breaker();
         fail_times(&breaker, 3);
         clock.advance(Duration::from_secs(30));
-        drop(breaker.try_acquire().unwrap());
+        drop(breaker.try_acquire().expect("probe allowed"));
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Open);
+        assert_eq!(status.seconds_until_probe, Some(0.0));
+        assert_eq!(status.failure_count, 3, "not counted as a failure");
+        // Without the clock moving, the next call is the new probe.
+        let probe = breaker.try_acquire().expect("a new probe allowed at once");
+        assert_eq!(breaker.status().state, CircuitState::HalfOpen);
+        assert!(breaker.try_acquire().is_err(), "still one probe at a time");
+        probe.succeeded();
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+    }
+
+    #[test]
+    fn while_half_open_a_late_success_of_an_earlier_call_does_not_close_the_circuit() {
+        let (breaker, clock) = breaker();
+        let late = breaker.try_acquire().unwrap();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(30));
+        let probe = breaker.try_acquire().expect("probe allowed");
+        late.succeeded();
+        assert_eq!(breaker.status().state, CircuitState::HalfOpen);
+        assert_eq!(breaker.status().success_count, 1, "still a success");
+        assert!(
+            breaker.try_acquire().is_err(),
+            "the probe is still in flight"
+        );
+        probe.failed();
         assert_eq!(breaker.status().state, CircuitState::Open);
+        assert_eq!(breaker.status().seconds_until_probe, Some(30.0));
+    }
+
+    #[test]
+    fn while_half_open_a_late_failure_of_an_earlier_call_does_not_reopen_the_circuit() {
+        let (breaker, clock) = breaker();
+        let late = breaker.try_acquire().unwrap();
+        fail_times(&breaker, 3);
+        clock.advance(Duration::from_secs(30));
+        let probe = breaker.try_acquire().expect("probe allowed");
+        late.failed();
+        assert_eq!(breaker.status().state, CircuitState::HalfOpen);
+        probe.succeeded();
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        assert_eq!(breaker.status().failure_count, 0);
     }
 
     #[test]

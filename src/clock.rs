@@ -1,5 +1,6 @@
-//! Time sources for the mechanisms that reason about time (rate limiter, circuit breaker),
-//! injected so their logic can be unit-tested without sleeping.
+//! Time sources for the mechanisms that reason about time (rate limiter, circuit breaker,
+//! the enrichment answers remembered), injected so their logic can be unit-tested without
+//! sleeping.
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,16 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use ipnet::IpNet;
 
+/// The longest any duration setting may be, one day: it keeps every value derived from one far
+/// from overflowing (the rate limiter counts its window in i64 microseconds), and the summary
+/// TTL well below the 7 days after which a type's cache generation key expires.
+const MAX_SECONDS: u64 = 86_400;
+/// The largest `RATE_LIMIT_REQUESTS`: far above any real quota, yet above the 100,000,000 that
+/// scripts/fuzz.sh and bench/run.sh use to keep the limiter in the path without limiting.
+const MAX_RATE_LIMIT_REQUESTS: u32 = 1_000_000_000;
+/// The largest `CIRCUIT_BREAKER_FAILURE_THRESHOLD`.
+const MAX_FAILURE_THRESHOLD: u32 = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for {name}: {value:?} ({reason})")]
 pub struct ConfigError {
@@ -100,13 +110,17 @@ impl Settings {
                 .get("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres:postgres@localhost:5432/analytics".into()),
             redis_url,
-            cache_ttl: Duration::from_secs(env.positive::<u64>("CACHE_TTL_SECONDS", 300)?),
+            cache_ttl: env.whole_seconds("CACHE_TTL_SECONDS", 300)?,
             rate_limit: RateLimitSettings {
-                requests: env.positive("RATE_LIMIT_REQUESTS", 10)?,
-                window: Duration::from_secs(env.positive::<u64>("RATE_LIMIT_WINDOW_SECONDS", 60)?),
+                requests: env.positive("RATE_LIMIT_REQUESTS", 10, MAX_RATE_LIMIT_REQUESTS)?,
+                window: env.whole_seconds("RATE_LIMIT_WINDOW_SECONDS", 60)?,
             },
             circuit_breaker: CircuitBreakerSettings {
-                failure_threshold: env.positive("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
+                failure_threshold: env.positive(
+                    "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+                    5,
+                    MAX_FAILURE_THRESHOLD,
+                )?,
                 reset_timeout: env.seconds("CIRCUIT_BREAKER_RESET_TIMEOUT", 30.0)?,
             },
             external_service: ExternalServiceSettings {
@@ -164,33 +178,40 @@ impl Env<'_> {
         }
     }
 
-    fn positive<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    /// A number greater than 0 and at most `max`.
+    fn positive<T>(&self, name: &'static str, default: T, max: T) -> Result<T, ConfigError>
     where
-        T: FromStr + PartialOrd + Default + Copy,
+        T: FromStr + PartialOrd + Default + Copy + std::fmt::Display,
         T::Err: std::fmt::Display,
     {
         let value = self.parse(name, default)?;
-        if value > T::default() {
+        if value > T::default() && value <= max {
             Ok(value)
         } else {
             Err(Self::invalid(
                 name,
                 &self.get(name).unwrap_or_default(),
-                "must be greater than 0",
+                format!("must be greater than 0 and at most {max}"),
             ))
         }
     }
 
-    /// Seconds as a number, fractions allowed (the seed accepted floats).
+    /// Whole seconds, at most `MAX_SECONDS`.
+    fn whole_seconds(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.positive(name, default, MAX_SECONDS)
+            .map(Duration::from_secs)
+    }
+
+    /// Seconds as a number, fractions allowed (the seed accepted floats), at most `MAX_SECONDS`.
     fn seconds(&self, name: &'static str, default: f64) -> Result<Duration, ConfigError> {
         let seconds: f64 = self.parse(name, default)?;
-        if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 {
+        if seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS as f64 {
             Ok(Duration::from_secs_f64(seconds))
         } else {
             Err(Self::invalid(
                 name,
                 &self.get(name).unwrap_or_default(),
-                "must be a number of seconds greater than 0 and at most 86400",
+                format!("must be a number of seconds greater than 0 and at most {MAX_SECONDS}"),
             ))
         }
     }
@@ -324,6 +345,12 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"),
             ("LOG_FORMAT", "xml"),
             ("SHUTDOWN_GRACE_PERIOD_SECONDS", "-1"),
+            // Too large: u64::MAX seconds, and a window whose microseconds overflow an i64.
+            ("CACHE_TTL_SECONDS", "18446744073709551615"),
+            ("RATE_LIMIT_WINDOW_SECONDS", "9999999999999"),
+            ("RATE_LIMIT_REQUESTS", "4294967295"),
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "4294967295"),
+            ("REQUEST_TIMEOUT_SECONDS", "1e9"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);
@@ -331,6 +358,39 @@ mod tests {
             assert!(
                 message.contains(name) && message.contains(value),
                 "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_numeric_variable_accepts_its_upper_bound_and_nothing_above() {
+        for (name, largest) in [
+            ("APP_PORT", 65_535),
+            ("REDIS_PORT", 65_535),
+            ("REDIS_DB", 255),
+            ("CACHE_TTL_SECONDS", 86_400),
+            ("RATE_LIMIT_REQUESTS", 1_000_000_000),
+            ("RATE_LIMIT_WINDOW_SECONDS", 86_400),
+            ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 10_000),
+            ("CIRCUIT_BREAKER_RESET_TIMEOUT", 86_400),
+            ("EXTERNAL_SERVICE_FAILURE_RATE", 1),
+            ("EXTERNAL_SERVICE_TIMEOUT", 86_400),
+            ("REQUEST_TIMEOUT_SECONDS", 86_400),
+            ("HEADER_READ_TIMEOUT_SECONDS", 86_400),
+            ("BODY_READ_TIMEOUT_SECONDS", 86_400),
+            ("SHUTDOWN_GRACE_PERIOD_SECONDS", 86_400),
+        ] {
+            let largest: u64 = largest;
+            assert!(
+                settings(&[(name, &largest.to_string())]).is_ok(),
+                "{name}={largest} refused"
+            );
+            let above = settings(&[(name, &(largest + 1).to_string())]);
+            assert_eq!(
+                above.map(|_| ()).map_err(|err| err.name),
+                Err(name),
+                "{name}={} accepted",
+                largest + 1
             );
         }
     }

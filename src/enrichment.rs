@@ -101,7 +101,7 @@ impl SimulatedService {
 /// and if none has expired, all of them.
 const MAX_REMEMBERED_TYPES: usize = 10_000;
 
-pub struct EnrichmentClient {
+pub struct EnrichmentClient<C: Clock = MonotonicClock> {
     service: SimulatedService,
     breaker: CircuitBreaker,
     timeout: Duration,
@@ -109,7 +109,8 @@ pub struct EnrichmentClient {
     /// summaries computed meanwhile do not wait 50–150 ms for the service again.
     remembered: Mutex<HashMap<String, (Duration, EnrichmentData)>>,
     remember_for: Duration,
-    clock: MonotonicClock,
+    /// Decides when a remembered answer has expired.
+    clock: C,
 }
 
 impl EnrichmentClient {
@@ -120,13 +121,31 @@ impl EnrichmentClient {
         settings: ExternalServiceSettings,
         remember_for: Duration,
     ) -> Self {
+        Self::with_clock(
+            service,
+            breaker,
+            settings,
+            remember_for,
+            MonotonicClock::new(),
+        )
+    }
+}
+
+impl<C: Clock> EnrichmentClient<C> {
+    pub fn with_clock(
+        service: SimulatedService,
+        breaker: CircuitBreaker,
+        settings: ExternalServiceSettings,
+        remember_for: Duration,
+        clock: C,
+    ) -> Self {
         Self {
             service,
             breaker,
             timeout: settings.timeout,
             remembered: Mutex::new(HashMap::new()),
             remember_for,
-            clock: MonotonicClock::new(),
+            clock,
         }
     }
 
@@ -199,5 +218,129 @@ impl EnrichmentClient {
         };
         metrics::counter!("enrichment_calls_total", "outcome" => outcome).increment(1);
         enrichment
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{clock::ManualClock, config::CircuitBreakerSettings};
+
+    const REMEMBER_FOR: Duration = Duration::from_secs(300);
+
+    /// A client whose remembered answers expire by `clock`; the breaker's counters tell how
+    /// often the service was really called. Its tests run on paused time, so the service's
+    /// 50–150 ms pass at once.
+    fn client(failure_rate: f64) -> (EnrichmentClient<Arc<ManualClock>>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let breaker = CircuitBreaker::new(CircuitBreakerSettings {
+            failure_threshold: 5,
+            reset_timeout: Duration::from_secs(30),
+        });
+        let settings = ExternalServiceSettings {
+            failure_rate,
+            timeout: Duration::from_secs(5),
+        };
+        let client = EnrichmentClient::with_clock(
+            SimulatedService::new(failure_rate),
+            breaker,
+            settings,
+            REMEMBER_FOR,
+            clock.clone(),
+        );
+        (client, clock)
+    }
+
+    fn service_successes(client: &EnrichmentClient<Arc<ManualClock>>) -> u64 {
+        client.breaker_status().success_count
+    }
+
+    fn remembered_types(client: &EnrichmentClient<Arc<ManualClock>>) -> usize {
+        client.remembered.lock().unwrap().len()
+    }
+
+    fn expect_ok(enrichment: Enrichment) -> EnrichmentData {
+        match enrichment {
+            Enrichment::Ok(data) => data,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_reused_within_remember_for_without_calling_the_service() {
+        let (client, clock) = client(0.0);
+        let first = expect_ok(client.enrich("cpu").await);
+        clock.advance(REMEMBER_FOR - Duration::from_millis(1));
+        let again = expect_ok(client.enrich("cpu").await);
+        assert_eq!(again, first, "the same answer, fetched_at included");
+        assert_eq!(service_successes(&client), 1);
+        // Another type is not answered from the first one's.
+        assert_eq!(expect_ok(client.enrich("disk").await).metric_type, "disk");
+        assert_eq!(service_successes(&client), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_remember_for_has_passed_the_service_is_called_again() {
+        let (client, clock) = client(0.0);
+        expect_ok(client.enrich("cpu").await);
+        clock.advance(REMEMBER_FOR);
+        expect_ok(client.enrich("cpu").await);
+        assert_eq!(service_successes(&client), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_not_remembered() {
+        let (client, _clock) = client(1.0);
+        for _ in 0..2 {
+            assert_eq!(
+                client.enrich("cpu").await,
+                Enrichment::Failed(CallFailure::Failed)
+            );
+        }
+        assert_eq!(client.breaker_status().failure_count, 2);
+        client.service().set_failure_rate(0.0);
+        expect_ok(client.enrich("cpu").await);
+        assert_eq!(service_successes(&client), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_bound_the_expired_answers_are_dropped_first() {
+        let (client, clock) = client(0.0);
+        let half = MAX_REMEMBERED_TYPES / 2;
+        for i in 0..half {
+            expect_ok(client.enrich(&format!("old_{i}")).await);
+        }
+        clock.advance(REMEMBER_FOR / 2);
+        for i in 0..MAX_REMEMBERED_TYPES - half {
+            expect_ok(client.enrich(&format!("new_{i}")).await);
+        }
+        assert_eq!(remembered_types(&client), MAX_REMEMBERED_TYPES);
+        // The old half has expired, the new half has not.
+        clock.advance(REMEMBER_FOR / 2);
+        expect_ok(client.enrich("one_more").await);
+        assert_eq!(remembered_types(&client), MAX_REMEMBERED_TYPES - half + 1);
+        let calls = service_successes(&client);
+        expect_ok(client.enrich("new_0").await);
+        assert_eq!(service_successes(&client), calls, "a new answer was kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_bound_with_none_expired_all_answers_are_dropped() {
+        let (client, _clock) = client(0.0);
+        for i in 0..MAX_REMEMBERED_TYPES {
+            expect_ok(client.enrich(&format!("type_{i}")).await);
+        }
+        expect_ok(client.enrich("one_more").await);
+        assert_eq!(remembered_types(&client), 1);
+        let calls = service_successes(&client);
+        expect_ok(client.enrich("one_more").await);
+        expect_ok(client.enrich("type_0").await);
+        assert_eq!(
+            service_successes(&client),
+            calls + 1,
+            "only type_0 was forgotten"
+        );
     }
 }

@@ -59,6 +59,9 @@ impl Application {
     /// Binds the listener and prepares every dependency without waiting for any: PostgreSQL
     /// and Redis may still be down, and the service recovers once they answer.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // First: the mechanisms record their initial values (the breaker's state gauge) as they
+        // are built, and the `metrics` facade drops whatever it gets before a recorder exists.
+        let prometheus = telemetry::prometheus();
         let storage =
             Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
         let background = vec![
@@ -83,7 +86,7 @@ impl Application {
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
             enrichment,
             trusted_proxies: settings.trusted_proxies.into(),
-            prometheus: telemetry::prometheus(),
+            prometheus,
             storage: storage.clone(),
             redis,
         };

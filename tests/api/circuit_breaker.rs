@@ -303,3 +303,38 @@ async fn a_summary_whose_enrichment_failed_is_cached_only_briefly() {
     assert!(recovered["enrichment"].is_object(), "{recovered}");
     assert_eq!(recovered["count"], 1);
 }
+
+#[tokio::test]
+async fn clients_that_hang_up_during_the_enrichment_call_do_not_open_the_circuit() {
+    // The default threshold (5) and a service that never fails.
+    let app = spawn_app().await;
+    let threshold = app.settings.circuit_breaker.failure_threshold;
+    let mut abandoned = Vec::new();
+    // A new type each time, so every summary misses the cache and calls the service (50–150
+    // ms); the client gives up after 20 ms, so the server drops the call unfinished.
+    for i in 0..=threshold {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/metrics/summary?type=impatient_{i}")))
+            .timeout(Duration::from_millis(20))
+            .send()
+            .await;
+        abandoned.push(response.map(|response| response.status()));
+    }
+    // Longer than the service's slowest answer: every abandoned call is over by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let breaker = breaker_status(&app).await;
+    assert_eq!(breaker["state"], "CLOSED", "{breaker}");
+    assert_eq!(breaker["failure_count"], 0, "{breaker}");
+    let (status, _, body) = app.summary("type=patient").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["enrichment_status"], "ok", "{body}");
+    // The clients really did hang up before their answers.
+    for outcome in abandoned {
+        assert!(
+            outcome.as_ref().is_err_and(reqwest::Error::is_timeout),
+            "{outcome:?}"
+        );
+    }
+}

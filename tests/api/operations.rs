@@ -207,6 +207,85 @@ async fn the_metrics_endpoint_reports_real_traffic() {
 }
 
 #[tokio::test]
+async fn the_circuit_breaker_state_is_in_the_first_scrape_after_start_up() {
+    let app = spawn_app().await;
+    // A process of its own: in this one, an earlier server installed the recorder long ago.
+    let server = ServerProcess::spawn(&app, &[]);
+    server.wait_until_healthy(&app.client).await;
+    let response = app
+        .client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(
+        text.lines().any(|line| line == "circuit_breaker_state 0"),
+        "no closed circuit_breaker_state in\n{text}"
+    );
+}
+
+/// The methods the `method` label names; every other one is `other`.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The value of `name` in a Prometheus sample line, if it has that label.
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    line[start..].split('"').next()
+}
+
+#[tokio::test]
+async fn invented_methods_share_one_label_instead_of_adding_series_each() {
+    let app = spawn_app().await;
+    let scrape = || async { app.get("/metrics").await.text().await.unwrap() };
+    // The recorder is shared by every test in the process, so only lines this test can have
+    // caused are compared: those whose method is not a standard one (no other test sends one).
+    let invented_method_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| label(line, "method").is_some_and(|m| !STANDARD_METHODS.contains(&m)))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = invented_method_lines(&scrape().await);
+
+    for i in 1..=50 {
+        let method = reqwest::Method::from_bytes(format!("XM{i}").as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, app.url("/no/such/path"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+    }
+
+    let text = scrape().await;
+    let after = invented_method_lines(&text);
+    // At most one new counter and one new histogram (13 buckets, +Inf, sum and count).
+    let added = after.len() - before.len();
+    assert!(added <= 17, "{added} lines added:\n{}", after.join("\n"));
+    assert!(
+        after
+            .iter()
+            .all(|line| label(line, "method") == Some("other")),
+        "{after:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|line| line.starts_with("http_requests_total{")
+                && label(line, "route") == Some("unmatched")),
+        "{after:#?}"
+    );
+    assert!(
+        !text.contains("XM"),
+        "an invented method in a label:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_under_write_load_finishes_in_flight_requests_and_loses_no_acknowledged_write() {
     let app = spawn_app().await;
     let mut server = ServerProcess::spawn(&app, &[("RATE_LIMIT_REQUESTS", "1000000")]);
