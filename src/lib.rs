@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod circuit_breaker;
+pub mod client;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
