@@ -9,11 +9,12 @@
 //! it. When Redis is unavailable the same algorithm runs in process, and Redis is used again as
 //! soon as it answers.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use redis::Script;
 
 use crate::{
+    client::ClientId,
     clock::{Clock, MonotonicClock},
     config::RateLimitSettings,
     redis_connection::RedisConnection,
@@ -121,7 +122,8 @@ impl RateLimiter {
         }
     }
 
-    pub async fn check(&self, client: IpAddr) -> Decision {
+    /// Decides one request of `client`, whose state is under `rate_limit:{client}` in Redis.
+    pub async fn check(&self, client: ClientId) -> Decision {
         let key = format!("rate_limit:{client}");
         let (interval, window) = (self.gcra.interval, self.gcra.window);
         let script = &self.script;
@@ -156,7 +158,7 @@ impl RateLimiter {
 struct LocalLimiter<C: Clock> {
     gcra: Gcra,
     clock: C,
-    tats: Mutex<HashMap<IpAddr, i64>>,
+    tats: Mutex<HashMap<ClientId, i64>>,
 }
 
 impl<C: Clock> LocalLimiter<C> {
@@ -168,7 +170,7 @@ impl<C: Clock> LocalLimiter<C> {
         }
     }
 
-    fn check(&self, client: IpAddr) -> Decision {
+    fn check(&self, client: ClientId) -> Decision {
         let now = self.clock.now().as_micros() as i64;
         let mut tats = self.tats.lock().expect("rate limiter lock poisoned");
         if tats.len() >= LOCAL_PRUNE_THRESHOLD {
@@ -187,8 +189,10 @@ impl<C: Clock> LocalLimiter<C> {
 mod tests {
     use std::sync::Arc;
 
+    use std::net::IpAddr;
+
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::{client::Ipv6Prefix, clock::ManualClock};
 
     fn limiter(
         requests: u32,
@@ -202,18 +206,22 @@ mod tests {
         (LocalLimiter::new(Gcra::new(settings), clock.clone()), clock)
     }
 
-    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    fn client(ip: impl Into<IpAddr>) -> ClientId {
+        ClientId::new(ip.into(), Ipv6Prefix::new(64).unwrap())
+    }
+
+    const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
 
     #[test]
     fn a_new_client_gets_the_whole_quota_and_the_next_request_is_denied() {
         let (limiter, _clock) = limiter(10, 60);
         for expected_remaining in (0..10).rev() {
-            let decision = limiter.check(CLIENT);
+            let decision = limiter.check(client(CLIENT_IP));
             assert!(decision.allowed);
             assert_eq!(decision.remaining, expected_remaining);
             assert_eq!(decision.limit, 10);
         }
-        let denied = limiter.check(CLIENT);
+        let denied = limiter.check(client(CLIENT_IP));
         assert!(!denied.allowed);
         assert_eq!(denied.remaining, 0);
         assert_eq!(denied.retry_after, Duration::from_secs(6));
@@ -224,52 +232,52 @@ mod tests {
     #[test]
     fn clients_are_limited_independently() {
         let (limiter, _clock) = limiter(1, 60);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(!limiter.check(CLIENT).allowed);
-        assert!(limiter.check("192.0.2.2".parse().unwrap()).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client([192, 0, 2, 2])).allowed);
     }
 
     #[test]
     fn a_spent_quota_comes_back_one_request_per_interval_not_all_at_once() {
         let (limiter, clock) = limiter(10, 60);
         for _ in 0..10 {
-            assert!(limiter.check(CLIENT).allowed);
+            assert!(limiter.check(client(CLIENT_IP)).allowed);
         }
         // A whole window later a fixed window would allow 10 at once; GCRA allows them back
         // gradually, one per 6 s.
         clock.advance(Duration::from_secs(5));
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
         clock.advance(Duration::from_secs(1));
-        let decision = limiter.check(CLIENT);
+        let decision = limiter.check(client(CLIENT_IP));
         assert!(decision.allowed);
         assert_eq!(decision.remaining, 0);
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
         clock.advance(Duration::from_secs(12));
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
     }
 
     #[test]
     fn denied_requests_do_not_push_the_client_further_back() {
         let (limiter, clock) = limiter(2, 10);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
         for _ in 0..100 {
-            assert!(!limiter.check(CLIENT).allowed);
+            assert!(!limiter.check(client(CLIENT_IP)).allowed);
         }
         clock.advance(Duration::from_secs(5));
-        assert!(limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
     }
 
     #[test]
     fn after_a_full_window_of_silence_the_quota_is_whole_again() {
         let (limiter, clock) = limiter(3, 30);
         for _ in 0..3 {
-            limiter.check(CLIENT);
+            limiter.check(client(CLIENT_IP));
         }
         clock.advance(Duration::from_secs(30));
-        let decision = limiter.check(CLIENT);
+        let decision = limiter.check(client(CLIENT_IP));
         assert!(decision.allowed);
         assert_eq!(decision.remaining, 2);
         assert_eq!(decision.reset_after, Duration::from_secs(10));
@@ -278,9 +286,9 @@ mod tests {
     #[test]
     fn retry_after_shrinks_as_time_passes() {
         let (limiter, clock) = limiter(1, 60);
-        limiter.check(CLIENT);
+        limiter.check(client(CLIENT_IP));
         clock.advance(Duration::from_millis(59_500));
-        let denied = limiter.check(CLIENT);
+        let denied = limiter.check(client(CLIENT_IP));
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after, Duration::from_millis(500));
     }
@@ -289,10 +297,10 @@ mod tests {
     fn the_local_map_forgets_clients_whose_quota_is_whole() {
         let (limiter, clock) = limiter(1, 1);
         for i in 0..LOCAL_PRUNE_THRESHOLD as u32 {
-            limiter.check(IpAddr::from(i.to_be_bytes()));
+            limiter.check(client(i.to_be_bytes()));
         }
         clock.advance(Duration::from_secs(2));
-        limiter.check(CLIENT);
+        limiter.check(client(CLIENT_IP));
         assert_eq!(limiter.tats.lock().unwrap().len(), 1);
     }
 }

@@ -75,6 +75,7 @@ impl Application {
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
             enrichment: Arc::new(enrichment),
             trusted_proxies: settings.trusted_proxies.into(),
+            client_ipv6_prefix: settings.client_ipv6_prefix,
             prometheus: telemetry::prometheus(),
             storage,
             redis,
