@@ -102,8 +102,9 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return {1, now - allowed_at, new_tat - now, 0}
 ";
 
-/// Local fallback: forget clients whose quota is whole again once the map grows this large.
-const LOCAL_PRUNE_THRESHOLD: usize = 10_000;
+/// Local fallback: clients per generation, so at most twice as many are remembered (about
+/// 1 MB).
+const LOCAL_GENERATION_CAPACITY: usize = 10_000;
 
 pub struct RateLimiter<C: Clock = MonotonicClock> {
     gcra: Gcra,
@@ -118,7 +119,11 @@ impl RateLimiter {
             gcra: Gcra::new(settings),
             redis,
             script: Script::new(REDIS_GCRA_SCRIPT),
-            local: LocalLimiter::new(Gcra::new(settings), MonotonicClock::new()),
+            local: LocalLimiter::new(
+                Gcra::new(settings),
+                MonotonicClock::new(),
+                LOCAL_GENERATION_CAPACITY,
+            ),
         }
     }
 
@@ -158,30 +163,69 @@ impl RateLimiter {
 struct LocalLimiter<C: Clock> {
     gcra: Gcra,
     clock: C,
-    tats: Mutex<HashMap<ClientId, i64>>,
+    tats: Mutex<Generations>,
 }
 
 impl<C: Clock> LocalLimiter<C> {
-    fn new(gcra: Gcra, clock: C) -> Self {
+    fn new(gcra: Gcra, clock: C, capacity: usize) -> Self {
         Self {
             gcra,
             clock,
-            tats: Mutex::new(HashMap::new()),
+            tats: Mutex::new(Generations::new(capacity)),
         }
     }
 
     fn check(&self, client: ClientId) -> Decision {
         let now = self.clock.now().as_micros() as i64;
         let mut tats = self.tats.lock().expect("rate limiter lock poisoned");
-        if tats.len() >= LOCAL_PRUNE_THRESHOLD {
-            tats.retain(|_, tat| *tat > now);
-        }
-        let (decision, tat) = self.gcra.decide(tats.get(&client).copied(), now);
-        tats.insert(client, tat);
+        let (decision, tat) = self.gcra.decide(tats.take(client), now);
+        tats.put(client, tat);
         Decision {
             decided_locally: true,
             ..decision
         }
+    }
+}
+
+/// Clients' TATs in two generations of at most `capacity` each: memory stays bounded and no
+/// request ever scans the maps. A client seen recently is in `current`; one seen before the
+/// last turnover is in `previous` and moves to `current` with its next request. When
+/// `current` is full, `previous` is forgotten and `current` takes its place.
+///
+/// A forgotten client gets a whole quota again, as a new one does. That takes at least
+/// `capacity` other clients arriving since its last request, and whoever controls that many
+/// addresses already has that many quotas, so forgetting gives nobody much more than they
+/// have; a client that keeps sending, as one worth limiting does, is never forgotten. All of
+/// this only while Redis is unavailable.
+struct Generations {
+    current: HashMap<ClientId, i64>,
+    previous: HashMap<ClientId, i64>,
+    capacity: usize,
+}
+
+impl Generations {
+    fn new(capacity: usize) -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Removes and returns the client's TAT, from whichever generation holds it.
+    fn take(&mut self, client: ClientId) -> Option<i64> {
+        self.current
+            .remove(&client)
+            .or_else(|| self.previous.remove(&client))
+    }
+
+    fn put(&mut self, client: ClientId, tat: i64) {
+        if self.current.len() >= self.capacity {
+            // Swapping and clearing keeps both maps' allocations: no rehashing from here on.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(client, tat);
     }
 }
 
@@ -203,7 +247,10 @@ mod tests {
             requests,
             window: Duration::from_secs(window_secs),
         };
-        (LocalLimiter::new(Gcra::new(settings), clock.clone()), clock)
+        (
+            LocalLimiter::new(Gcra::new(settings), clock.clone(), CAPACITY),
+            clock,
+        )
     }
 
     fn client(ip: impl Into<IpAddr>) -> ClientId {
@@ -211,6 +258,14 @@ mod tests {
     }
 
     const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
+
+    /// Clients per generation in these tests.
+    const CAPACITY: usize = 100;
+
+    /// The `n`th of many distinct clients (none of them `CLIENT_IP`).
+    fn other_client(n: usize) -> ClientId {
+        client([10, (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    }
 
     #[test]
     fn a_new_client_gets_the_whole_quota_and_the_next_request_is_denied() {
@@ -294,13 +349,42 @@ mod tests {
     }
 
     #[test]
-    fn the_local_map_forgets_clients_whose_quota_is_whole() {
-        let (limiter, clock) = limiter(1, 1);
-        for i in 0..LOCAL_PRUNE_THRESHOLD as u32 {
-            limiter.check(client(i.to_be_bytes()));
+    fn memory_stays_bounded_however_many_clients_come() {
+        let (limiter, _clock) = limiter(1, 60);
+        for n in 0..100 * CAPACITY {
+            limiter.check(other_client(n));
+            let tats = limiter.tats.lock().unwrap();
+            assert!(tats.current.len() + tats.previous.len() <= 2 * CAPACITY);
         }
-        clock.advance(Duration::from_secs(2));
-        limiter.check(client(CLIENT_IP));
-        assert_eq!(limiter.tats.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_limited_client_that_keeps_sending_stays_limited_while_many_others_come_and_go() {
+        let (limiter, _clock) = limiter(1, 60);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        // Fewer than a generation's worth of others between two of its requests.
+        for round in 0..20 {
+            for n in 0..CAPACITY - 1 {
+                limiter.check(other_client(round * CAPACITY + n));
+            }
+            assert!(!limiter.check(client(CLIENT_IP)).allowed, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_client_is_forgotten_only_after_a_generation_of_others_and_then_gets_a_whole_quota() {
+        let (limiter, _clock) = limiter(1, 60);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        for n in 0..CAPACITY {
+            limiter.check(other_client(n));
+        }
+        assert!(
+            !limiter.check(client(CLIENT_IP)).allowed,
+            "still remembered"
+        );
+        for n in CAPACITY..3 * CAPACITY {
+            limiter.check(other_client(n));
+        }
+        assert!(limiter.check(client(CLIENT_IP)).allowed, "forgotten");
     }
 }
