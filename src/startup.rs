@@ -126,6 +126,14 @@ impl Application {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(idle_timeout);
+        // A dead HTTP/2 peer is dropped: after this long without a frame from it the server
+        // pings, and closes the connection when the ping is not answered within as long
+        // again. This also ends one whose peer never acknowledges a graceful close's ping.
+        connections
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(idle_timeout)
+            .keep_alive_timeout(idle_timeout);
         let connections = Arc::new(connections);
         // Every connection holds a receiver: a send asks them all to close, and once every
         // receiver is dropped, every connection has ended.

@@ -305,16 +305,25 @@ struct Received {
     at: Instant,
 }
 
+/// How an [`H2Client`] treats the server's SETTINGS and PINGs.
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    /// Acknowledges them, as a live client does, so only the server's idle rule can end the
+    /// connection.
+    Answering,
+    /// Acknowledges nothing, as if it had vanished.
+    Silent,
+}
+
 /// Just enough of an h2c client to open a connection, send raw frames, and see what the
-/// server sends back. It acknowledges the server's SETTINGS and PINGs, as a live client
-/// does, so only the server's idle rule can end the connection.
+/// server sends back.
 struct H2Client {
     writer: Arc<Mutex<OwnedWriteHalf>>,
     reader: JoinHandle<Vec<Received>>,
 }
 
 impl H2Client {
-    async fn connect(app: &TestApp) -> Self {
+    async fn connect(app: &TestApp, peer: Peer) -> Self {
         let stream = TcpStream::connect(app.address.trim_start_matches("http://"))
             .await
             .unwrap();
@@ -322,7 +331,7 @@ impl H2Client {
         let writer = Arc::new(Mutex::new(write));
         let client = Self {
             writer: writer.clone(),
-            reader: tokio::spawn(Self::read_frames(read, writer)),
+            reader: tokio::spawn(Self::read_frames(read, writer, peer)),
         };
         let mut opening = H2_PREFACE.to_vec();
         opening.extend(h2_frame(SETTINGS, 0, 0, &[]));
@@ -350,6 +359,7 @@ impl H2Client {
     async fn read_frames(
         mut read: OwnedReadHalf,
         writer: Arc<Mutex<OwnedWriteHalf>>,
+        peer: Peer,
     ) -> Vec<Received> {
         let mut frames = Vec::new();
         loop {
@@ -365,8 +375,9 @@ impl H2Client {
                 return frames;
             }
             let ack = match kind {
-                SETTINGS if flags & ACK == 0 => Some(h2_frame(SETTINGS, ACK, 0, &[])),
-                PING if flags & ACK == 0 => Some(h2_frame(PING, ACK, 0, &payload)),
+                _ if peer == Peer::Silent || flags & ACK != 0 => None,
+                SETTINGS => Some(h2_frame(SETTINGS, ACK, 0, &[])),
+                PING => Some(h2_frame(PING, ACK, 0, &payload)),
                 _ => None,
             };
             if let Some(ack) = ack {
@@ -384,7 +395,7 @@ impl H2Client {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_header_timeout() {
     let app = spawn().await;
-    let client = H2Client::connect(&app).await;
+    let client = H2Client::connect(&app, Peer::Answering).await;
     let opened = Instant::now();
     let frames = client
         .frames_until_closed(Duration::from_secs(4))
@@ -397,6 +408,21 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_header_timeo
     // The server's clock started at accept, a little before `opened`.
     let idle = goaway.at - opened;
     assert!(idle >= Duration::from_millis(900), "closed after {idle:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_peer_that_answers_nothing_is_dropped_too() {
+    let app = spawn().await;
+    let client = H2Client::connect(&app, Peer::Silent).await;
+    // It never acknowledges the ping that a graceful close waits for: the keep-alive
+    // timeout ends the connection instead.
+    assert!(
+        client
+            .frames_until_closed(Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the connection stays open"
+    );
 }
 
 #[tokio::test]
@@ -418,7 +444,7 @@ async fn a_client_that_stops_partway_through_the_http2_preface_is_cut_off() {
 #[tokio::test]
 async fn an_http2_connection_is_not_closed_while_a_request_is_in_flight() {
     let app = spawn().await;
-    let client = H2Client::connect(&app).await;
+    let client = H2Client::connect(&app, Peer::Answering).await;
     let body = point_with_value("1");
     let length = body.len().to_string();
     let headers = h2_header_block(&[
