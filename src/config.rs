@@ -4,6 +4,8 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use ipnet::IpNet;
 
+use crate::client::Ipv6Prefix;
+
 /// The longest any duration setting may be, one day: it keeps every value derived from one far
 /// from overflowing (the rate limiter counts its window in i64 microseconds), and the summary
 /// TTL well below the 7 days after which a type's cache generation key expires.
@@ -34,6 +36,8 @@ pub struct Settings {
     pub circuit_breaker: CircuitBreakerSettings,
     pub external_service: ExternalServiceSettings,
     pub trusted_proxies: Vec<IpNet>,
+    /// The leading bits of an IPv6 address that name its client (for rate limits).
+    pub client_ipv6_prefix: Ipv6Prefix,
     pub log_filter: String,
     pub log_format: LogFormat,
     pub timeouts: Timeouts,
@@ -128,6 +132,7 @@ impl Settings {
                 timeout: env.seconds("EXTERNAL_SERVICE_TIMEOUT", 5.0)?,
             },
             trusted_proxies: env.trusted_proxies("TRUSTED_PROXIES")?,
+            client_ipv6_prefix: env.ipv6_prefix("CLIENT_IPV6_PREFIX", 64)?,
             log_filter,
             log_format: match env.get("LOG_FORMAT").map(|f| f.to_lowercase()).as_deref() {
                 None | Some("text") => LogFormat::Text,
@@ -229,6 +234,20 @@ impl Env<'_> {
         }
     }
 
+    fn ipv6_prefix(&self, name: &'static str, default: u8) -> Result<Ipv6Prefix, ConfigError> {
+        Ipv6Prefix::new(self.parse(name, default)?).ok_or_else(|| {
+            Self::invalid(
+                name,
+                &self.get(name).unwrap_or_default(),
+                format!(
+                    "must be a prefix length from {} to {}",
+                    Ipv6Prefix::SHORTEST,
+                    Ipv6Prefix::LONGEST
+                ),
+            )
+        })
+    }
+
     /// Comma-separated IP addresses or CIDR blocks.
     fn trusted_proxies(&self, name: &'static str) -> Result<Vec<IpNet>, ConfigError> {
         let Some(raw) = self.get(name) else {
@@ -284,6 +303,7 @@ mod tests {
         assert_eq!(s.external_service.failure_rate, 0.1);
         assert_eq!(s.external_service.timeout, Duration::from_secs(5));
         assert!(s.trusted_proxies.is_empty());
+        assert_eq!(s.client_ipv6_prefix, Ipv6Prefix::new(64).unwrap());
         assert_eq!(s.log_filter, "info");
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.timeouts.request, Duration::from_secs(30));
@@ -332,6 +352,14 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_client_prefix_accepts_32_to_128() {
+        for len in [32, 56, 128] {
+            let s = settings(&[("CLIENT_IPV6_PREFIX", &len.to_string())]).unwrap();
+            assert_eq!(s.client_ipv6_prefix, Ipv6Prefix::new(len).unwrap());
+        }
+    }
+
+    #[test]
     fn an_invalid_value_names_the_variable_and_the_value() {
         for (name, value) in [
             ("APP_PORT", "eighty"),
@@ -343,6 +371,9 @@ mod tests {
             ("EXTERNAL_SERVICE_TIMEOUT", "0"),
             ("CIRCUIT_BREAKER_RESET_TIMEOUT", "NaN"),
             ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"),
+            ("CLIENT_IPV6_PREFIX", "31"),
+            ("CLIENT_IPV6_PREFIX", "129"),
+            ("CLIENT_IPV6_PREFIX", "/64"),
             ("LOG_FORMAT", "xml"),
             ("SHUTDOWN_GRACE_PERIOD_SECONDS", "-1"),
             // Too large: u64::MAX seconds, and a window whose microseconds overflow an i64.

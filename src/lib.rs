@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cache;
 pub mod circuit_breaker;
+pub mod client;
 pub mod clock;
 pub mod coalesce;
 pub mod config;

@@ -9,11 +9,12 @@
 //! it. When Redis is unavailable the same algorithm runs in process, and Redis is used again as
 //! soon as it answers.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use redis::Script;
 
 use crate::{
+    client::ClientId,
     clock::{Clock, MonotonicClock},
     config::RateLimitSettings,
     redis_connection::RedisConnection,
@@ -101,8 +102,9 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_ta
 return {1, now - allowed_at, new_tat - now, 0}
 ";
 
-/// Local fallback: forget clients whose quota is whole again once the map grows this large.
-const LOCAL_PRUNE_THRESHOLD: usize = 10_000;
+/// Local fallback: clients per generation, so at most twice as many are remembered (about
+/// 1 MB).
+const LOCAL_GENERATION_CAPACITY: usize = 10_000;
 
 pub struct RateLimiter<C: Clock = MonotonicClock> {
     gcra: Gcra,
@@ -117,11 +119,16 @@ impl RateLimiter {
             gcra: Gcra::new(settings),
             redis,
             script: Script::new(REDIS_GCRA_SCRIPT),
-            local: LocalLimiter::new(Gcra::new(settings), MonotonicClock::new()),
+            local: LocalLimiter::new(
+                Gcra::new(settings),
+                MonotonicClock::new(),
+                LOCAL_GENERATION_CAPACITY,
+            ),
         }
     }
 
-    pub async fn check(&self, client: IpAddr) -> Decision {
+    /// Decides one request of `client`, whose state is under `rate_limit:{client}` in Redis.
+    pub async fn check(&self, client: ClientId) -> Decision {
         let key = format!("rate_limit:{client}");
         let (interval, window) = (self.gcra.interval, self.gcra.window);
         let script = &self.script;
@@ -156,26 +163,23 @@ impl RateLimiter {
 struct LocalLimiter<C: Clock> {
     gcra: Gcra,
     clock: C,
-    tats: Mutex<HashMap<IpAddr, i64>>,
+    tats: Mutex<Generations>,
 }
 
 impl<C: Clock> LocalLimiter<C> {
-    fn new(gcra: Gcra, clock: C) -> Self {
+    fn new(gcra: Gcra, clock: C, capacity: usize) -> Self {
         Self {
             gcra,
             clock,
-            tats: Mutex::new(HashMap::new()),
+            tats: Mutex::new(Generations::new(capacity)),
         }
     }
 
-    fn check(&self, client: IpAddr) -> Decision {
+    fn check(&self, client: ClientId) -> Decision {
         let now = self.clock.now().as_micros() as i64;
         let mut tats = self.tats.lock().expect("rate limiter lock poisoned");
-        if tats.len() >= LOCAL_PRUNE_THRESHOLD {
-            tats.retain(|_, tat| *tat > now);
-        }
-        let (decision, tat) = self.gcra.decide(tats.get(&client).copied(), now);
-        tats.insert(client, tat);
+        let (decision, tat) = self.gcra.decide(tats.take(client), now);
+        tats.put(client, tat);
         Decision {
             decided_locally: true,
             ..decision
@@ -183,12 +187,56 @@ impl<C: Clock> LocalLimiter<C> {
     }
 }
 
+/// Clients' TATs in two generations of at most `capacity` each: memory stays bounded and no
+/// request ever scans the maps. A client seen recently is in `current`; one seen before the
+/// last turnover is in `previous` and moves to `current` with its next request. When
+/// `current` is full, `previous` is forgotten and `current` takes its place.
+///
+/// A forgotten client gets a whole quota again, as a new one does. That takes at least
+/// `capacity` other clients arriving since its last request, and whoever controls that many
+/// addresses already has that many quotas, so forgetting gives nobody much more than they
+/// have; a client that keeps sending, as one worth limiting does, is never forgotten. All of
+/// this only while Redis is unavailable.
+struct Generations {
+    current: HashMap<ClientId, i64>,
+    previous: HashMap<ClientId, i64>,
+    capacity: usize,
+}
+
+impl Generations {
+    fn new(capacity: usize) -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Removes and returns the client's TAT, from whichever generation holds it.
+    fn take(&mut self, client: ClientId) -> Option<i64> {
+        self.current
+            .remove(&client)
+            .or_else(|| self.previous.remove(&client))
+    }
+
+    fn put(&mut self, client: ClientId, tat: i64) {
+        if self.current.len() >= self.capacity {
+            // Swapping and clearing keeps both maps' allocations: no rehashing from here on.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(client, tat);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use std::net::IpAddr;
+
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::{client::Ipv6Prefix, clock::ManualClock};
 
     fn limiter(
         requests: u32,
@@ -199,21 +247,36 @@ mod tests {
             requests,
             window: Duration::from_secs(window_secs),
         };
-        (LocalLimiter::new(Gcra::new(settings), clock.clone()), clock)
+        (
+            LocalLimiter::new(Gcra::new(settings), clock.clone(), CAPACITY),
+            clock,
+        )
     }
 
-    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    fn client(ip: impl Into<IpAddr>) -> ClientId {
+        ClientId::new(ip.into(), Ipv6Prefix::new(64).unwrap())
+    }
+
+    const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
+
+    /// Clients per generation in these tests.
+    const CAPACITY: usize = 100;
+
+    /// The `n`th of many distinct clients (none of them `CLIENT_IP`).
+    fn other_client(n: usize) -> ClientId {
+        client([10, (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    }
 
     #[test]
     fn a_new_client_gets_the_whole_quota_and_the_next_request_is_denied() {
         let (limiter, _clock) = limiter(10, 60);
         for expected_remaining in (0..10).rev() {
-            let decision = limiter.check(CLIENT);
+            let decision = limiter.check(client(CLIENT_IP));
             assert!(decision.allowed);
             assert_eq!(decision.remaining, expected_remaining);
             assert_eq!(decision.limit, 10);
         }
-        let denied = limiter.check(CLIENT);
+        let denied = limiter.check(client(CLIENT_IP));
         assert!(!denied.allowed);
         assert_eq!(denied.remaining, 0);
         assert_eq!(denied.retry_after, Duration::from_secs(6));
@@ -224,52 +287,52 @@ mod tests {
     #[test]
     fn clients_are_limited_independently() {
         let (limiter, _clock) = limiter(1, 60);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(!limiter.check(CLIENT).allowed);
-        assert!(limiter.check("192.0.2.2".parse().unwrap()).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client([192, 0, 2, 2])).allowed);
     }
 
     #[test]
     fn a_spent_quota_comes_back_one_request_per_interval_not_all_at_once() {
         let (limiter, clock) = limiter(10, 60);
         for _ in 0..10 {
-            assert!(limiter.check(CLIENT).allowed);
+            assert!(limiter.check(client(CLIENT_IP)).allowed);
         }
         // A whole window later a fixed window would allow 10 at once; GCRA allows them back
         // gradually, one per 6 s.
         clock.advance(Duration::from_secs(5));
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
         clock.advance(Duration::from_secs(1));
-        let decision = limiter.check(CLIENT);
+        let decision = limiter.check(client(CLIENT_IP));
         assert!(decision.allowed);
         assert_eq!(decision.remaining, 0);
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
         clock.advance(Duration::from_secs(12));
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(!limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(!limiter.check(client(CLIENT_IP)).allowed);
     }
 
     #[test]
     fn denied_requests_do_not_push_the_client_further_back() {
         let (limiter, clock) = limiter(2, 10);
-        assert!(limiter.check(CLIENT).allowed);
-        assert!(limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
         for _ in 0..100 {
-            assert!(!limiter.check(CLIENT).allowed);
+            assert!(!limiter.check(client(CLIENT_IP)).allowed);
         }
         clock.advance(Duration::from_secs(5));
-        assert!(limiter.check(CLIENT).allowed);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
     }
 
     #[test]
     fn after_a_full_window_of_silence_the_quota_is_whole_again() {
         let (limiter, clock) = limiter(3, 30);
         for _ in 0..3 {
-            limiter.check(CLIENT);
+            limiter.check(client(CLIENT_IP));
         }
         clock.advance(Duration::from_secs(30));
-        let decision = limiter.check(CLIENT);
+        let decision = limiter.check(client(CLIENT_IP));
         assert!(decision.allowed);
         assert_eq!(decision.remaining, 2);
         assert_eq!(decision.reset_after, Duration::from_secs(10));
@@ -278,21 +341,50 @@ mod tests {
     #[test]
     fn retry_after_shrinks_as_time_passes() {
         let (limiter, clock) = limiter(1, 60);
-        limiter.check(CLIENT);
+        limiter.check(client(CLIENT_IP));
         clock.advance(Duration::from_millis(59_500));
-        let denied = limiter.check(CLIENT);
+        let denied = limiter.check(client(CLIENT_IP));
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after, Duration::from_millis(500));
     }
 
     #[test]
-    fn the_local_map_forgets_clients_whose_quota_is_whole() {
-        let (limiter, clock) = limiter(1, 1);
-        for i in 0..LOCAL_PRUNE_THRESHOLD as u32 {
-            limiter.check(IpAddr::from(i.to_be_bytes()));
+    fn memory_stays_bounded_however_many_clients_come() {
+        let (limiter, _clock) = limiter(1, 60);
+        for n in 0..100 * CAPACITY {
+            limiter.check(other_client(n));
+            let tats = limiter.tats.lock().unwrap();
+            assert!(tats.current.len() + tats.previous.len() <= 2 * CAPACITY);
         }
-        clock.advance(Duration::from_secs(2));
-        limiter.check(CLIENT);
-        assert_eq!(limiter.tats.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_limited_client_that_keeps_sending_stays_limited_while_many_others_come_and_go() {
+        let (limiter, _clock) = limiter(1, 60);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        // Fewer than a generation's worth of others between two of its requests.
+        for round in 0..20 {
+            for n in 0..CAPACITY - 1 {
+                limiter.check(other_client(round * CAPACITY + n));
+            }
+            assert!(!limiter.check(client(CLIENT_IP)).allowed, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_client_is_forgotten_only_after_a_generation_of_others_and_then_gets_a_whole_quota() {
+        let (limiter, _clock) = limiter(1, 60);
+        assert!(limiter.check(client(CLIENT_IP)).allowed);
+        for n in 0..CAPACITY {
+            limiter.check(other_client(n));
+        }
+        assert!(
+            !limiter.check(client(CLIENT_IP)).allowed,
+            "still remembered"
+        );
+        for n in CAPACITY..3 * CAPACITY {
+            limiter.check(other_client(n));
+        }
+        assert!(limiter.check(client(CLIENT_IP)).allowed, "forgotten");
     }
 }

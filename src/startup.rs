@@ -1,20 +1,29 @@
 //! Wires the mechanisms together and runs the server.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tower::ServiceExt;
 
 use crate::{
     app::{summaries::Summaries, writes::Writes},
     cache::SummaryCache,
     circuit_breaker::CircuitBreaker,
+    clock::{Clock, MonotonicClock},
     config::{Settings, Timeouts},
     enrichment::{EnrichmentClient, SimulatedService},
     http::{self, AppState, BodyBudget},
@@ -86,6 +95,7 @@ impl Application {
             rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
             enrichment,
             trusted_proxies: settings.trusted_proxies.into(),
+            client_ipv6_prefix: settings.client_ipv6_prefix,
             prometheus,
             storage: storage.clone(),
             redis,
@@ -122,13 +132,25 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = ?self.listener.local_addr()?, "listening");
+        let idle_timeout = self.timeouts.header_read;
         let mut connections = auto::Builder::new(TokioExecutor::new());
-        // A client that trickles its headers (or idles on a kept-alive connection) is cut off.
+        // A client that trickles its headers is cut off (idleness is `serve_connection`'s).
         connections
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.timeouts.header_read);
-        let graceful = GracefulShutdown::new();
+            .header_read_timeout(idle_timeout);
+        // A dead HTTP/2 peer is dropped: after this long without a frame from it the server
+        // pings, and closes the connection when the ping is not answered within as long
+        // again. This also ends one whose peer never acknowledges a graceful close's ping.
+        connections
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(idle_timeout)
+            .keep_alive_timeout(idle_timeout);
+        let connections = Arc::new(connections);
+        // Every connection holds a receiver: a send asks them all to close, and once every
+        // receiver is dropped, every connection has ended.
+        let (stop, _) = watch::channel(());
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -143,28 +165,13 @@ impl Application {
                 },
                 () = &mut shutdown => break,
             };
-            let router = self.router.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(request)
-                });
-            let (connections, watcher) = (connections.clone(), graceful.watcher());
-            let first_byte_timeout = self.timeouts.header_read;
-            tokio::spawn(async move {
-                // hyper's header timeout starts once it knows the protocol, i.e. after the
-                // first bytes: a connection that sends nothing would be kept forever.
-                let mut first = [0; 1];
-                match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(1..)) => {}
-                    _ => return,
-                }
-                let connection =
-                    connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(error) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
-                }
-            });
+            tokio::spawn(serve_connection(
+                connections.clone(),
+                (stream, peer),
+                self.router.clone(),
+                idle_timeout,
+                stop.subscribe(),
+            ));
         }
         drop(self.listener);
         tracing::info!("no longer accepting connections; finishing in-flight requests");
@@ -172,7 +179,9 @@ impl Application {
             // A request already sent on an accepted connection may not have been read yet;
             // telling connections to close at once would drop it unanswered.
             tokio::time::sleep(SHUTDOWN_DRAIN).await;
-            graceful.shutdown().await;
+            // Fails only when no connection is left to tell.
+            let _ = stop.send(());
+            stop.closed().await;
         };
         match tokio::time::timeout(self.timeouts.shutdown_grace, grace).await {
             Ok(()) => tracing::info!("all connections closed"),
@@ -189,6 +198,118 @@ impl Application {
         // Bounded: connections of requests cut off by the grace period may never come back.
         let _ = tokio::time::timeout(SHUTDOWN_DRAIN, self.storage.close()).await;
         Ok(())
+    }
+}
+
+/// Serves one connection until it ends. It is asked to close once it has had no request in
+/// flight for `idle_timeout` (from its start, too: one that never sends a byte is closed) or
+/// when `stopping` changes; either way gracefully: requests in flight are answered, HTTP/1
+/// closes after its current response, HTTP/2 sends GOAWAY and then admits no new stream.
+async fn serve_connection(
+    connections: Arc<auto::Builder<TokioExecutor>>,
+    (stream, peer): (TcpStream, SocketAddr),
+    router: Router,
+    idle_timeout: Duration,
+    mut stopping: watch::Receiver<()>,
+) {
+    let activity = Arc::new(ConnectionActivity::new(MonotonicClock::new()));
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let in_flight = activity.request_started();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let response = router.clone().oneshot(request);
+            async move {
+                let response = response.await;
+                drop(in_flight);
+                response
+            }
+        })
+    };
+    let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = connection.as_mut() => break outcome,
+            _ = stopping.changed(), if !closing => {}
+            () = activity.idle_for_at_least(idle_timeout), if !closing => {
+                tracing::debug!(%peer, "closing an idle connection");
+            }
+        }
+        connection.as_mut().graceful_shutdown();
+        closing = true;
+    };
+    if let Err(error) = outcome {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
+
+/// Whether a connection is handling a request, and since when it has not been. HTTP/2
+/// handles several at once.
+struct ConnectionActivity<C: Clock> {
+    clock: C,
+    state: Mutex<Activity>,
+}
+
+struct Activity {
+    in_flight: usize,
+    idle_since: Duration,
+}
+
+impl<C: Clock> ConnectionActivity<C> {
+    fn new(clock: C) -> Self {
+        let idle_since = clock.now();
+        Self {
+            clock,
+            state: Mutex::new(Activity {
+                in_flight: 0,
+                idle_since,
+            }),
+        }
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    fn request_started(self: &Arc<Self>) -> RequestInFlight<C> {
+        self.lock().in_flight += 1;
+        RequestInFlight(self.clone())
+    }
+
+    /// How long the connection has had no request in flight; `None` while it has one.
+    fn idle_for(&self) -> Option<Duration> {
+        let state = self.lock();
+        (state.in_flight == 0).then(|| self.clock.now().saturating_sub(state.idle_since))
+    }
+
+    /// Completes once the connection has had no request in flight for `timeout`.
+    async fn idle_for_at_least(&self, timeout: Duration) {
+        loop {
+            // While a request is in flight, look again a whole timeout later.
+            let idle = self.idle_for().unwrap_or_default();
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.state
+            .lock()
+            .expect("connection activity lock poisoned")
+    }
+}
+
+struct RequestInFlight<C: Clock>(Arc<ConnectionActivity<C>>);
+
+impl<C: Clock> Drop for RequestInFlight<C> {
+    fn drop(&mut self) {
+        let now = self.0.clock.now();
+        let mut state = self.0.lock();
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.idle_since = now;
+        }
     }
 }
 
@@ -215,4 +336,48 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn activity() -> (Arc<ConnectionActivity<Arc<ManualClock>>>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (Arc::new(ConnectionActivity::new(clock.clone())), clock)
+    }
+
+    #[test]
+    fn a_connection_is_idle_from_its_start_until_its_first_request() {
+        let (activity, clock) = activity();
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(activity.idle_for(), Some(Duration::from_secs(3)));
+        let _request = activity.request_started();
+        assert_eq!(activity.idle_for(), None);
+    }
+
+    #[test]
+    fn a_request_in_flight_keeps_the_connection_busy_however_long_it_takes() {
+        let (activity, clock) = activity();
+        let request = activity.request_started();
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(activity.idle_for(), None);
+        drop(request);
+        assert_eq!(activity.idle_for(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn idleness_counts_from_the_end_of_the_last_of_concurrent_requests() {
+        let (activity, clock) = activity();
+        let first = activity.request_started();
+        let second = activity.request_started();
+        clock.advance(Duration::from_secs(1));
+        drop(first);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(activity.idle_for(), None, "the second is still in flight");
+        drop(second);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(activity.idle_for(), Some(Duration::from_secs(2)));
+    }
 }

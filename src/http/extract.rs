@@ -19,6 +19,7 @@ use super::{
     error::ApiError,
 };
 use crate::{
+    client::ClientId,
     idempotency::{Fingerprinter, IdempotencyKey, KeyedRequest},
     metric::{FieldError, MetricPoint},
 };
@@ -91,7 +92,7 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
                     })?,
             ),
         };
-        let ClientIp(client) = ClientIp::from_request_parts(&mut parts, state).await?;
+        let client = ClientId::from_request_parts(&mut parts, state).await?;
         let fingerprint = key.is_some().then(|| Fingerprinter::new(parts.uri.path()));
         let body = read_json(
             &state.body_budget,
@@ -161,6 +162,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                 };
                 ApiError::InvalidQuery(vec![FieldError::new(field, error.inner().to_string())])
             })
+    }
+}
+
+/// The client a request counts against: its address (see [`ClientIp`]), with IPv6 addresses
+/// grouped by `CLIENT_IPV6_PREFIX`.
+impl<S: Send + Sync> FromRequestParts<S> for ClientId
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        Ok(Self::new(ip, AppState::from_ref(state).client_ipv6_prefix))
     }
 }
 

@@ -47,6 +47,8 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     pub enrichment: Arc<EnrichmentClient>,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// Groups IPv6 addresses into clients (see [`crate::client::ClientId`]).
+    pub client_ipv6_prefix: crate::client::Ipv6Prefix,
     pub prometheus: PrometheusHandle,
 }
 

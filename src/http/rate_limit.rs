@@ -5,12 +5,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiError, AppState, error::retry_after_secs, extract::ClientIp};
+use super::{ApiError, AppState, error::retry_after_secs};
+use crate::client::ClientId;
 
 /// Admits or refuses the request for its client, and reports the quota on every response.
 pub(super) async fn limit_by_client(
     State(state): State<AppState>,
-    ClientIp(client): ClientIp,
+    client: ClientId,
     request: Request,
     next: Next,
 ) -> Response {

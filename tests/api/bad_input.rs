@@ -1,12 +1,20 @@
 //! Abusive input and slow clients: each gets a clear 4xx or a closed connection, never a 500,
 //! never a stored point, and never ties up the server.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::Mutex,
+    task::JoinHandle,
 };
 
 use crate::helpers::{TestApp, metric, spawn_app_with};
@@ -251,5 +259,234 @@ async fn many_idle_connections_neither_block_others_nor_stay_open() {
             "an idle connection stays open"
         );
     }
+    assert_eq!(app.count_rows(TYPE).await, 1);
+}
+
+/// The client preface of HTTP/2 over cleartext with prior knowledge (h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+// Frame types and flags.
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// A header block of literal fields without indexing or Huffman coding (HPACK's simplest).
+fn h2_header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        // A literal field without indexing, with a literal name.
+        block.push(0);
+        for text in [name, value] {
+            // Below 127 the length fits the 7-bit prefix; the high bit 0 means no Huffman.
+            let length = u8::try_from(text.len()).ok().filter(|&length| length < 127);
+            block.push(length.expect("a short header field"));
+            block.extend(text.as_bytes());
+        }
+    }
+    block
+}
+
+/// A frame the server sent: its type, stream, and when it arrived.
+#[derive(Debug)]
+struct Received {
+    kind: u8,
+    stream: u32,
+    at: Instant,
+}
+
+/// How an [`H2Client`] treats the server's SETTINGS and PINGs.
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    /// Acknowledges them, as a live client does, so only the server's idle rule can end the
+    /// connection.
+    Answering,
+    /// Acknowledges nothing, as if it had vanished.
+    Silent,
+}
+
+/// Just enough of an h2c client to open a connection, send raw frames, and see what the
+/// server sends back.
+struct H2Client {
+    writer: Arc<Mutex<OwnedWriteHalf>>,
+    reader: JoinHandle<Vec<Received>>,
+}
+
+impl H2Client {
+    async fn connect(app: &TestApp, peer: Peer) -> Self {
+        let stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let (read, write) = stream.into_split();
+        let writer = Arc::new(Mutex::new(write));
+        let client = Self {
+            writer: writer.clone(),
+            reader: tokio::spawn(Self::read_frames(read, writer, peer)),
+        };
+        let mut opening = H2_PREFACE.to_vec();
+        opening.extend(h2_frame(SETTINGS, 0, 0, &[]));
+        assert!(client.send(&opening).await);
+        client
+    }
+
+    /// Whether the bytes could be written (not after the server closed the connection).
+    async fn send(&self, bytes: &[u8]) -> bool {
+        self.writer.lock().await.write_all(bytes).await.is_ok()
+    }
+
+    /// Every frame the server sent, once it has closed the connection; `None` when it is
+    /// still open after `within`.
+    async fn frames_until_closed(mut self, within: Duration) -> Option<Vec<Received>> {
+        match tokio::time::timeout(within, &mut self.reader).await {
+            Ok(frames) => Some(frames.unwrap()),
+            Err(_) => {
+                self.reader.abort();
+                None
+            }
+        }
+    }
+
+    async fn read_frames(
+        mut read: OwnedReadHalf,
+        writer: Arc<Mutex<OwnedWriteHalf>>,
+        peer: Peer,
+    ) -> Vec<Received> {
+        let mut frames = Vec::new();
+        loop {
+            let mut head = [0; 9];
+            if read.read_exact(&mut head).await.is_err() {
+                return frames;
+            }
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes(head[5..].try_into().unwrap()) & 0x7fff_ffff;
+            let mut payload = vec![0; length];
+            if read.read_exact(&mut payload).await.is_err() {
+                return frames;
+            }
+            let ack = match kind {
+                _ if peer == Peer::Silent || flags & ACK != 0 => None,
+                SETTINGS => Some(h2_frame(SETTINGS, ACK, 0, &[])),
+                PING => Some(h2_frame(PING, ACK, 0, &payload)),
+                _ => None,
+            };
+            if let Some(ack) = ack {
+                let _ = writer.lock().await.write_all(&ack).await;
+            }
+            frames.push(Received {
+                kind,
+                stream,
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_header_timeout() {
+    let app = spawn().await;
+    let client = H2Client::connect(&app, Peer::Answering).await;
+    let opened = Instant::now();
+    let frames = client
+        .frames_until_closed(Duration::from_secs(4))
+        .await
+        .expect("an idle HTTP/2 connection stays open");
+    let goaway = frames
+        .iter()
+        .find(|frame| frame.kind == GOAWAY)
+        .unwrap_or_else(|| panic!("closed without a GOAWAY: {frames:?}"));
+    // The server's clock started at accept, a little before `opened`.
+    let idle = goaway.at - opened;
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_peer_that_answers_nothing_is_dropped_too() {
+    let app = spawn().await;
+    let client = H2Client::connect(&app, Peer::Silent).await;
+    // It never acknowledges the ping that a graceful close waits for: the keep-alive
+    // timeout ends the connection instead.
+    assert!(
+        client
+            .frames_until_closed(Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_partway_through_the_http2_preface_is_cut_off() {
+    let app = spawn().await;
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Not yet enough to tell HTTP/2 from HTTP/1, so no protocol's own timeout applies.
+    stream.write_all(&H2_PREFACE[..10]).await.unwrap();
+    assert!(
+        read_until_closed(&mut stream, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "the connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_is_not_closed_while_a_request_is_in_flight() {
+    let app = spawn().await;
+    let client = H2Client::connect(&app, Peer::Answering).await;
+    let body = point_with_value("1");
+    let length = body.len().to_string();
+    let headers = h2_header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/api/metrics"),
+        (":authority", "localhost"),
+        ("content-type", "application/json"),
+        ("content-length", &length),
+    ]);
+    assert!(
+        client
+            .send(&h2_frame(HEADERS, END_HEADERS, 1, &headers))
+            .await
+    );
+    // The body trickles in over about three idle timeouts, each chunk well within the body
+    // read timeout.
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(body.len().div_ceil(10)).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let flags = if i == chunks.len() - 1 { END_STREAM } else { 0 };
+        assert!(
+            client.send(&h2_frame(DATA, flags, 1, chunk)).await,
+            "closed mid-request"
+        );
+    }
+    let frames = client
+        .frames_until_closed(Duration::from_secs(4))
+        .await
+        .expect("the connection is closed once idle");
+    let response = frames
+        .iter()
+        .position(|frame| frame.kind == HEADERS && frame.stream == 1)
+        .unwrap_or_else(|| panic!("no response: {frames:?}"));
+    let goaway = frames
+        .iter()
+        .position(|frame| frame.kind == GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    assert!(
+        response < goaway,
+        "asked to close while the request was in flight: {frames:?}"
+    );
     assert_eq!(app.count_rows(TYPE).await, 1);
 }

@@ -97,3 +97,43 @@ async fn reads_are_not_rate_limited() {
     }
     assert_eq!(post_as(&app, None).await.status(), 201);
 }
+
+/// Spends the quota of 2001:db8:1:2::1 and checks who else it covers: the rest of its /64,
+/// not the next /64.
+async fn assert_one_quota_per_ipv6_64(app: &TestApp) {
+    for _ in 0..app.settings.rate_limit.requests {
+        assert_eq!(post_as(app, Some("2001:db8:1:2::1")).await.status(), 201);
+    }
+    assert_eq!(
+        post_as(app, Some("2001:db8:1:2::ffff")).await.status(),
+        429,
+        "another address of the same /64 has a quota of its own"
+    );
+    let neighbour = post_as(app, Some("2001:db8:1:3::1")).await;
+    assert_eq!(neighbour.status(), 201);
+    assert_eq!(
+        header(&neighbour, "ratelimit-remaining"),
+        u64::from(app.settings.rate_limit.requests - 1)
+    );
+}
+
+async fn spawn_behind_proxy() -> TestApp {
+    spawn_app_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.rate_limit.requests = 3;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_addresses_of_one_ipv6_64_share_a_quota() {
+    let app = spawn_behind_proxy().await;
+    assert_one_quota_per_ipv6_64(&app).await;
+}
+
+#[tokio::test]
+async fn the_addresses_of_one_ipv6_64_share_a_quota_while_redis_is_down() {
+    let app = spawn_behind_proxy().await;
+    app.redis.stop_with_timeout(Some(0)).await.unwrap();
+    assert_one_quota_per_ipv6_64(&app).await;
+}
