@@ -128,6 +128,11 @@ impl From<StorageError> for ApiError {
                 tracing::warn!(%reason, "database unavailable");
                 Self::Unavailable
             }
+            // A 503 all the same: the client retries, with its Idempotency-Key if it has one.
+            StorageError::OutcomeUnknown(reason) => {
+                tracing::warn!(%reason, "database outcome unknown");
+                Self::Unavailable
+            }
             StorageError::Query(error) => Self::Internal(Box::new(error)),
             StorageError::Corrupt(reason) => Self::Internal(reason.into()),
         }
