@@ -57,7 +57,8 @@ impl Application {
     /// and Redis may still be down, and the service recovers once they answer.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let storage =
-            Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
+            Storage::connect_lazy_with(&settings.database_url, settings.database_statement_timeout)
+                .map_err(StartupError::DatabaseUrl)?;
         storage.spawn_migrations();
         storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD);
         storage.spawn_idempotency_key_cleanup(idempotency::CLEANUP_PERIOD, idempotency::KEY_TTL);
