@@ -14,6 +14,11 @@ use crate::helpers::{
 
 /// "A few seconds": an outage must be answered well before this.
 const PROMPT: Duration = Duration::from_secs(6);
+/// Long enough, after a lock is released, for a write still queued behind it to commit.
+const LATE_COMMIT_WINDOW: Duration = Duration::from_secs(2);
+/// Sequential writes that pass through every connection the pool has opened by then (one or
+/// two: the health checks and the rollup compaction share it).
+const WARM_UP_WRITES: usize = 4;
 
 async fn health(app_url: &str, client: &reqwest::Client) -> (StatusCode, Value) {
     let response = client
@@ -197,6 +202,51 @@ async fn while_postgresql_is_down_requests_get_a_prompt_503_and_writes_recover_w
     assert_eq!(listed_values(&app, "cpu").await, [3.0, 1.0]);
     assert_eq!(app.count_rows("cpu").await, 2);
     app.wait_for_health("healthy", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_write_refused_after_its_statement_timed_out_never_commits_and_its_retry_is_stored_once()
+{
+    let statement_timeout = Duration::from_secs(1);
+    let app =
+        spawn_app_with(|settings| settings.database_statement_timeout = statement_timeout).await;
+    // Writes first, so that the pool's connections have the insert prepared: then it is the
+    // insert itself, not its preparation, that waits for the lock (as on any connection that
+    // has served a while), and a client-side timeout alone would let it commit afterwards.
+    for _ in 0..WARM_UP_WRITES {
+        assert_eq!(app.post_metric("warm-up", 1.0).await.status(), 201);
+    }
+    // Another client holds the table for longer than the statement timeout.
+    let pool = sqlx::PgPool::connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table metrics in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let lock_held = 3 * statement_timeout;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(lock_held).await;
+        lock.commit().await.unwrap();
+    });
+
+    let started = Instant::now();
+    let refused = app.post_metric("cpu", 1.0).await;
+    let elapsed = started.elapsed();
+    assert_service_unavailable(refused).await;
+    assert!(elapsed < PROMPT, "the write hung for {elapsed:?}");
+
+    release.await.unwrap();
+    tokio::time::sleep(LATE_COMMIT_WINDOW).await;
+    assert_eq!(
+        app.count_rows("cpu").await,
+        0,
+        "the write answered with a 503 committed after the lock was released"
+    );
+    assert_eq!(app.post_metric("cpu", 1.0).await.status(), 201);
+    assert_eq!(app.count_rows("cpu").await, 1);
+    pool.close().await;
 }
 
 #[tokio::test]
