@@ -1,13 +1,27 @@
 //! The read-through summary cache in Redis, kept fresh after writes.
 //!
 //! Each type has a generation counter (`summary_gen:{type}`), bumped after every committed
-//! write of that type. Summaries are cached under `summary:{type}:{period}:g{generation}`,
-//! with the generation read *before* the summary was computed. A read after a write therefore
-//! never sees a summary computed before it, even one that a slow reader stores late.
-//! A bump that fails while Redis is unavailable is remembered and retried before the cache is
-//! used again; until it succeeds that type is served uncached.
+//! write of that type, and one epoch counter (`summary_epoch`) is shared by all types.
+//! Summaries are cached under `summary:{type}:{period}:e{epoch}:g{generation}`, with the
+//! epoch and generation read *before* the summary was computed, in the same script as the
+//! lookup. A read after a write therefore never sees a summary computed before it, even one
+//! that a slow reader stores late.
+//!
+//! Bumping the epoch makes every cached summary stale at once. A write of more than
+//! `MAX_TYPE_BUMPS` types bumps the epoch instead of its types, so that no round trip to
+//! Redis grows with the size of a write.
+//!
+//! A bump that fails while Redis is unavailable is owed, and paid before the cache is used
+//! again; until then the types it covers are served uncached. At most `MAX_TYPE_BUMPS` types
+//! are remembered: past that, they are forgotten and an epoch bump is owed instead (covering
+//! every type), so an outage costs little memory and the flush after it stays one small
+//! round trip that cannot itself time out and mark Redis down.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use redis::{AsyncCommands, Script};
 
@@ -17,12 +31,19 @@ use crate::{
 };
 
 /// Generation counters outlive any cached summary by far; expiring them only bounds memory.
+/// The epoch is one key and never expires.
 const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const EPOCH_KEY: &str = "summary_epoch";
+/// Types bumped in one round trip, or remembered while Redis is away, at most; past it the
+/// epoch is bumped instead.
+const MAX_TYPE_BUMPS: usize = 256;
 
-/// Reads a type's generation and the summary cached under it, in one round trip.
+/// Reads the epoch, a type's generation and the summary cached under both, in one round trip.
+/// The key it reads is the one `summary_key` makes.
 const LOOKUP_SCRIPT: &str = r"
-local generation = redis.call('GET', KEYS[1]) or '0'
-return {generation, redis.call('GET', ARGV[1] .. generation)}
+local epoch = redis.call('GET', KEYS[1]) or '0'
+local generation = redis.call('GET', KEYS[2]) or '0'
+return {epoch, generation, redis.call('GET', ARGV[1] .. epoch .. ':g' .. generation)}
 ";
 
 /// A cache read: either the cached summary, or what is needed to store a fresh one.
@@ -31,7 +52,8 @@ pub enum Lookup {
     Miss(Option<CacheSlot>),
 }
 
-/// Where a freshly computed summary may be stored (the generation it was computed under).
+/// Where a freshly computed summary may be stored (the epoch and generation it was computed
+/// under).
 pub struct CacheSlot {
     key: String,
 }
@@ -40,8 +62,8 @@ pub struct SummaryCache {
     redis: RedisConnection,
     ttl: Duration,
     lookup: Script,
-    /// Types whose generation bump failed while Redis was unavailable.
-    pending_bumps: Mutex<HashSet<String>>,
+    /// Bumps that failed while Redis was unavailable.
+    pending: Mutex<PendingBumps>,
 }
 
 impl SummaryCache {
@@ -50,44 +72,41 @@ impl SummaryCache {
             redis,
             ttl,
             lookup: Script::new(LOOKUP_SCRIPT),
-            pending_bumps: Mutex::new(HashSet::new()),
+            pending: Mutex::new(PendingBumps::new(MAX_TYPE_BUMPS)),
         }
-    }
-
-    fn generation_key(metric_type: &str) -> String {
-        format!("summary_gen:{metric_type}")
     }
 
     /// Looks a summary up. `Miss(None)` means the cache cannot be used for this type now.
     pub async fn lookup(&self, metric_type: &str, period: Period) -> Lookup {
-        if !self.retry_pending_bumps().await && self.is_pending(metric_type) {
+        self.flush_pending_bumps().await;
+        if self.pending().covers(metric_type) {
             metrics::counter!("summary_cache_requests_total", "result" => "miss").increment(1);
             return Lookup::Miss(None);
         }
-        let key_prefix = format!("summary:{metric_type}:{}:g", period.as_str());
+        let key_prefix = summary_key_prefix(metric_type, period);
         let script = &self.lookup;
-        let generation_key = Self::generation_key(metric_type);
+        let keys = [EPOCH_KEY.to_owned(), generation_key(metric_type)];
         let prefix = key_prefix.clone();
         let found = self
             .redis
             .run(|mut conn| async move {
                 script
-                    .key(generation_key)
+                    .key(&keys)
                     .arg(prefix)
-                    .invoke_async::<(String, Option<String>)>(&mut conn)
+                    .invoke_async::<(String, String, Option<String>)>(&mut conn)
                     .await
             })
             .await;
         let lookup = match found {
-            Ok((_, Some(json))) => match serde_json::from_str(&json) {
+            Ok((_, _, Some(json))) => match serde_json::from_str(&json) {
                 Ok(summary) => Lookup::Hit(Box::new(summary)),
                 Err(error) => {
                     tracing::warn!(%error, "discarding unreadable cached summary");
                     Lookup::Miss(None)
                 }
             },
-            Ok((generation, None)) => Lookup::Miss(Some(CacheSlot {
-                key: format!("{key_prefix}{generation}"),
+            Ok((epoch, generation, None)) => Lookup::Miss(Some(CacheSlot {
+                key: summary_key(&key_prefix, &epoch, &generation),
             })),
             Err(_) => Lookup::Miss(None),
         };
@@ -115,20 +134,24 @@ impl SummaryCache {
             .await;
     }
 
-    /// Makes every cached summary of these types stale, in one round trip. Call after the
-    /// write has committed.
+    /// Makes every cached summary of these types stale, in one round trip (the epoch's bump,
+    /// for more than `MAX_TYPE_BUMPS` types). Call after the write has committed.
     pub async fn invalidate<'a>(&self, metric_types: impl IntoIterator<Item = &'a str>) {
         let metric_types: Vec<&str> = metric_types.into_iter().collect();
-        if !self.bump(&metric_types).await {
-            let mut pending = self.pending_bumps.lock().expect("cache lock poisoned");
-            pending.extend(metric_types.iter().map(|t| (*t).to_owned()));
+        let bumped = if metric_types.len() > MAX_TYPE_BUMPS {
+            self.bump_epoch().await
+        } else {
+            self.bump_types(metric_types.iter().copied()).await
+        };
+        if !bumped {
+            self.pending().owe(&metric_types);
         }
     }
 
-    async fn bump(&self, metric_types: &[&str]) -> bool {
+    async fn bump_types<'a>(&self, metric_types: impl Iterator<Item = &'a str>) -> bool {
         let mut pipe = redis::pipe();
         for metric_type in metric_types {
-            let key = Self::generation_key(metric_type);
+            let key = generation_key(metric_type);
             pipe.incr(&key, 1)
                 .ignore()
                 .expire(&key, GENERATION_TTL.as_secs() as i64)
@@ -140,30 +163,256 @@ impl SummaryCache {
             .is_ok()
     }
 
-    fn is_pending(&self, metric_type: &str) -> bool {
-        self.pending_bumps
-            .lock()
-            .expect("cache lock poisoned")
-            .contains(metric_type)
+    async fn bump_epoch(&self) -> bool {
+        self.redis
+            .run(|mut conn| async move { conn.incr::<_, _, ()>(EPOCH_KEY, 1).await })
+            .await
+            .is_ok()
     }
 
-    /// Retries remembered bumps; true when none is left.
-    async fn retry_pending_bumps(&self) -> bool {
-        let pending: Vec<String> = {
-            let pending = self.pending_bumps.lock().expect("cache lock poisoned");
-            if pending.is_empty() {
-                return true;
-            }
-            pending.iter().cloned().collect()
+    /// Pays the owed bumps, if any, in one round trip.
+    async fn flush_pending_bumps(&self) {
+        let Some(flush) = self.pending().flush() else {
+            return;
         };
-        let types: Vec<&str> = pending.iter().map(String::as_str).collect();
-        if !self.bump(&types).await {
-            return false;
+        let bumped = match &flush {
+            Flush::Epoch(_) => self.bump_epoch().await,
+            Flush::Types(types) => {
+                self.bump_types(types.iter().map(|(metric_type, _)| metric_type.as_str()))
+                    .await
+            }
+        };
+        if bumped {
+            self.pending().flushed(flush);
         }
-        let mut still_pending = self.pending_bumps.lock().expect("cache lock poisoned");
-        for metric_type in &pending {
-            still_pending.remove(metric_type);
+    }
+
+    fn pending(&self) -> MutexGuard<'_, PendingBumps> {
+        self.pending.lock().expect("cache lock poisoned")
+    }
+}
+
+fn generation_key(metric_type: &str) -> String {
+    format!("summary_gen:{metric_type}")
+}
+
+/// A summary's key up to its epoch; the lookup script appends the same as `summary_key`.
+fn summary_key_prefix(metric_type: &str, period: Period) -> String {
+    format!("summary:{metric_type}:{}:e", period.as_str())
+}
+
+fn summary_key(prefix: &str, epoch: &str, generation: &str) -> String {
+    format!("{prefix}{epoch}:g{generation}")
+}
+
+/// Bumps owed to Redis: the types whose bump failed, at most `bound` of them, or past that
+/// one epoch bump that covers every type. Each owed bump carries a stamp, so that a flush
+/// clears only what it sent: a bump owed again while the flush was in flight (for a write
+/// that committed after the flush's bump) stays owed.
+#[derive(Debug)]
+struct PendingBumps {
+    bound: usize,
+    types: HashMap<String, u64>,
+    /// The owed epoch bump's stamp. While one is owed, `types` is empty.
+    epoch: Option<u64>,
+    last_stamp: u64,
+}
+
+/// One round trip's worth of owed bumps, with their stamps.
+#[derive(Debug, PartialEq)]
+enum Flush {
+    Epoch(u64),
+    /// At most the bound of types.
+    Types(Vec<(String, u64)>),
+}
+
+impl PendingBumps {
+    fn new(bound: usize) -> Self {
+        Self {
+            bound,
+            types: HashMap::new(),
+            epoch: None,
+            last_stamp: 0,
         }
-        true
+    }
+
+    /// Remembers that bumping these types failed.
+    fn owe(&mut self, metric_types: &[&str]) {
+        self.last_stamp += 1;
+        let stamp = self.last_stamp;
+        if self.epoch.is_none() && metric_types.len() <= self.bound {
+            for metric_type in metric_types {
+                self.types.insert((*metric_type).to_owned(), stamp);
+            }
+            if self.types.len() <= self.bound {
+                return;
+            }
+        }
+        // Too many to remember, or an epoch bump is owed already (perhaps in flight, sent
+        // before these writes committed): owe a new one, which covers these types too.
+        self.types.clear();
+        self.epoch = Some(stamp);
+    }
+
+    /// Whether a bump covering this type is owed: its summaries must not come from the cache.
+    fn covers(&self, metric_type: &str) -> bool {
+        self.epoch.is_some() || self.types.contains_key(metric_type)
+    }
+
+    /// Everything owed, or `None` when nothing is.
+    fn flush(&self) -> Option<Flush> {
+        if let Some(stamp) = self.epoch {
+            return Some(Flush::Epoch(stamp));
+        }
+        if self.types.is_empty() {
+            return None;
+        }
+        let types = self.types.iter().map(|(t, stamp)| (t.clone(), *stamp));
+        Some(Flush::Types(types.collect()))
+    }
+
+    /// Forgets the bumps a successful flush sent, unless they were owed again since.
+    fn flushed(&mut self, flush: Flush) {
+        match flush {
+            Flush::Epoch(stamp) => {
+                if self.epoch == Some(stamp) {
+                    self.epoch = None;
+                }
+            }
+            Flush::Types(types) => {
+                for (metric_type, stamp) in types {
+                    if self.types.get(&metric_type) == Some(&stamp) {
+                        self.types.remove(&metric_type);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flushed_types(pending: &PendingBumps) -> Vec<String> {
+        match pending.flush() {
+            Some(Flush::Types(types)) => {
+                let mut types: Vec<String> = types.into_iter().map(|(t, _)| t).collect();
+                types.sort();
+                types
+            }
+            other => panic!("expected a flush of types, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn summary_keys_name_the_type_period_epoch_and_generation() {
+        assert_eq!(generation_key("cpu"), "summary_gen:cpu");
+        let prefix = summary_key_prefix("cpu", Period::Daily);
+        assert_eq!(summary_key(&prefix, "3", "17"), "summary:cpu:daily:e3:g17");
+        assert_eq!(
+            summary_key(&summary_key_prefix("cpu", Period::All), "0", "0"),
+            "summary:cpu:all:e0:g0"
+        );
+    }
+
+    #[test]
+    fn nothing_is_owed_until_a_bump_fails() {
+        let mut pending = PendingBumps::new(3);
+        assert_eq!(pending.flush(), None);
+        assert!(!pending.covers("cpu"));
+        pending.owe(&["cpu", "mem"]);
+        assert!(pending.covers("cpu") && pending.covers("mem"));
+        assert!(!pending.covers("disk"));
+        assert_eq!(flushed_types(&pending), ["cpu", "mem"]);
+    }
+
+    #[test]
+    fn types_beyond_the_bound_are_forgotten_and_an_epoch_bump_covering_all_is_owed() {
+        let mut pending = PendingBumps::new(3);
+        pending.owe(&["a", "b"]);
+        // Owed again: still two types.
+        pending.owe(&["a", "c"]);
+        assert_eq!(flushed_types(&pending), ["a", "b", "c"]);
+        pending.owe(&["d"]);
+        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
+        assert!(pending.types.is_empty());
+        assert!(pending.covers("never-written"));
+    }
+
+    #[test]
+    fn one_failed_bump_of_more_types_than_the_bound_owes_an_epoch_bump() {
+        let mut pending = PendingBumps::new(3);
+        pending.owe(&["a", "b", "c", "d"]);
+        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
+        assert!(pending.types.is_empty());
+    }
+
+    #[test]
+    fn a_flush_never_carries_more_than_the_bound() {
+        let mut pending = PendingBumps::new(4);
+        for round in 0..30 {
+            let types: Vec<String> = (0..round % 6).map(|i| format!("t{round}-{i}")).collect();
+            pending.owe(&types.iter().map(String::as_str).collect::<Vec<_>>());
+            let flush = pending.flush();
+            if let Some(Flush::Types(types)) = &flush {
+                assert!(types.len() <= 4, "{} types in one flush", types.len());
+            }
+            // Redis answers every third flush.
+            if let (Some(flush), 0) = (flush, round % 3) {
+                pending.flushed(flush);
+            }
+        }
+    }
+
+    #[test]
+    fn a_successful_flush_clears_exactly_what_it_sent() {
+        let mut pending = PendingBumps::new(3);
+        pending.owe(&["a", "b"]);
+        let flush = pending.flush().unwrap();
+        pending.owe(&["c"]);
+        pending.flushed(flush);
+        assert!(!pending.covers("a") && !pending.covers("b"));
+        assert_eq!(flushed_types(&pending), ["c"]);
+        pending.flushed(pending.flush().unwrap());
+        assert_eq!(pending.flush(), None);
+    }
+
+    #[test]
+    fn a_type_owed_again_while_its_flush_was_in_flight_stays_owed() {
+        let mut pending = PendingBumps::new(3);
+        pending.owe(&["a", "b"]);
+        let flush = pending.flush().unwrap();
+        // A write of `a` committed after the flush's bump reached Redis, and its own failed.
+        pending.owe(&["a"]);
+        pending.flushed(flush);
+        assert!(pending.covers("a"));
+        assert!(!pending.covers("b"));
+        assert_eq!(flushed_types(&pending), ["a"]);
+    }
+
+    #[test]
+    fn an_epoch_bump_owed_again_while_in_flight_stays_owed() {
+        let mut pending = PendingBumps::new(1);
+        pending.owe(&["a", "b"]);
+        let flush = pending.flush().unwrap();
+        pending.owe(&["c"]);
+        pending.flushed(flush);
+        assert!(pending.covers("c"));
+        let again = pending.flush().unwrap();
+        assert!(matches!(again, Flush::Epoch(_)));
+        pending.flushed(again);
+        assert_eq!(pending.flush(), None);
+    }
+
+    #[test]
+    fn types_flushed_after_an_overflow_leave_the_epoch_bump_owed() {
+        let mut pending = PendingBumps::new(2);
+        pending.owe(&["a"]);
+        let flush = pending.flush().unwrap();
+        pending.owe(&["b", "c"]);
+        pending.flushed(flush);
+        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
+        assert!(pending.covers("a"));
     }
 }

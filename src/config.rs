@@ -30,6 +30,9 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     pub database_url: String,
+    /// After this, PostgreSQL itself cancels a statement (and ends a session idle in a
+    /// transaction), so a statement that timed out never commits later.
+    pub database_statement_timeout: Duration,
     pub redis_url: String,
     pub cache_ttl: Duration,
     pub rate_limit: RateLimitSettings,
@@ -113,6 +116,7 @@ impl Settings {
             database_url: env
                 .get("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres:postgres@localhost:5432/analytics".into()),
+            database_statement_timeout: env.seconds("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5.0)?,
             redis_url,
             cache_ttl: env.whole_seconds("CACHE_TTL_SECONDS", 300)?,
             rate_limit: RateLimitSettings {
@@ -294,6 +298,7 @@ mod tests {
             s.database_url,
             "postgres://postgres:postgres@localhost:5432/analytics"
         );
+        assert_eq!(s.database_statement_timeout, Duration::from_secs(5));
         assert_eq!(s.redis_url, "redis://localhost:6379/0");
         assert_eq!(s.cache_ttl, Duration::from_secs(300));
         assert_eq!(s.rate_limit.requests, 10);
@@ -382,6 +387,7 @@ mod tests {
             ("RATE_LIMIT_REQUESTS", "4294967295"),
             ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "4294967295"),
             ("REQUEST_TIMEOUT_SECONDS", "1e9"),
+            ("DATABASE_STATEMENT_TIMEOUT_SECONDS", "0"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);

@@ -72,7 +72,8 @@ impl Application {
         // are built, and the `metrics` facade drops whatever it gets before a recorder exists.
         let prometheus = telemetry::prometheus();
         let storage =
-            Storage::connect_lazy(&settings.database_url).map_err(StartupError::DatabaseUrl)?;
+            Storage::connect_lazy_with(&settings.database_url, settings.database_statement_timeout)
+                .map_err(StartupError::DatabaseUrl)?;
         let background = vec![
             storage.spawn_migrations(),
             storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD),

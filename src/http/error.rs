@@ -135,6 +135,11 @@ impl From<StorageError> for ApiError {
                 "body",
                 format!("the database refused the data ({constraint})"),
             )]),
+            // A 503 all the same: the client retries, with its Idempotency-Key if it has one.
+            StorageError::OutcomeUnknown(reason) => {
+                tracing::warn!(%reason, "database outcome unknown");
+                Self::Unavailable
+            }
             StorageError::Query(error) => Self::Internal(Box::new(error)),
             StorageError::Corrupt(reason) => Self::Internal(reason.into()),
         }

@@ -15,6 +15,7 @@ use std::{
 
 use sqlx::{
     PgPool,
+    migrate::MigrateError,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -23,20 +24,31 @@ pub use metrics::Stored;
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Upper bound for one statement including the wait for a connection.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default of DATABASE_STATEMENT_TIMEOUT_SECONDS.
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// PostgreSQL's query_canceled: the statement timeout (or a cancel request) stopped the
+/// statement, and its transaction was rolled back.
+const QUERY_CANCELED: &str = "57014";
+/// PostgreSQL's idle_in_transaction_session_timeout: the session was ended and its
+/// transaction rolled back.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 
 /// Cloneable, so that every writer of a group commit can be told the group's outcome.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
-    /// PostgreSQL cannot be reached, or the schema is not in place yet.
+    /// Nothing was committed, and a retry may succeed: PostgreSQL cannot be reached, the
+    /// schema is not in place yet, or the server cancelled the statement (its timeout).
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// PostgreSQL refused the data itself (a data exception or a constraint): retrying the
     /// same data cannot help. Carries the constraint's name when there is one.
     #[error("the database refused the data: {0}")]
     Rejected(String),
+    /// The write may or may not have committed: the connection was lost, or no answer came
+    /// in time, while a statement or a commit was in flight. For a read, just unavailable.
+    #[error("database outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("database error: {0}")]
     Query(#[source] Arc<sqlx::Error>),
     /// Stored data that cannot be read back (a bug, or a hand-edited row).
@@ -47,39 +59,68 @@ pub enum StorageError {
 impl StorageError {
     /// Whether the write that failed so may have committed all the same.
     pub fn may_have_committed(&self) -> bool {
-        false
+        matches!(self, Self::OutcomeUnknown(_))
     }
 }
 
 impl From<sqlx::Error> for StorageError {
     fn from(error: sqlx::Error) -> Self {
         use sqlx::Error::*;
-        let unavailable = match &error {
-            PoolTimedOut | PoolClosed | Io(_) | Tls(_) | Protocol(_) | WorkerCrashed => true,
-            // Class 08: connection exception; 57P0x: shutdown or not yet accepting connections;
-            // 53: insufficient resources.
-            Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
-            }),
-            _ => false,
+        let failure = match &error {
+            // No connection could be had: nothing was sent.
+            PoolTimedOut | PoolClosed | Tls(_) => Failure::NotCommitted,
+            // The connection broke: perhaps while connecting, perhaps after the statement was
+            // sent or even after its commit; sqlx cannot tell which.
+            Io(_) | Protocol(_) | WorkerCrashed => Failure::Unknown,
+            Database(db) => db
+                .code()
+                .map_or(Failure::Error, |code| Failure::of_sqlstate(&code)),
+            _ => Failure::Error,
         };
-        // Class 22: data exception; 23: integrity constraint violation.
-        let rejected = match &error {
-            Database(db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
-            {
-                Some(db.constraint().unwrap_or("no constraint named").to_owned())
+        match failure {
+            Failure::NotCommitted => Self::Unavailable(error.to_string()),
+            Failure::Unknown => Self::OutcomeUnknown(error.to_string()),
+            Failure::Refused => {
+                let constraint = match &error {
+                    Database(db) => db.constraint().unwrap_or("no constraint named"),
+                    _ => "no constraint named",
+                };
+                Self::Rejected(constraint.to_owned())
             }
-            _ => None,
-        };
-        if unavailable {
-            Self::Unavailable(error.to_string())
-        } else if let Some(constraint) = rejected {
-            Self::Rejected(constraint)
-        } else {
-            Self::Query(Arc::new(error))
+            Failure::Error => Self::Query(Arc::new(error)),
+        }
+    }
+}
+
+/// What a failed statement says about the database and about its own effect.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The database is unavailable, and the statement had no effect.
+    NotCommitted,
+    /// The database is unavailable, and the statement may have taken effect.
+    Unknown,
+    /// The database refused the data (class 22, data exception; 23, integrity constraint
+    /// violation): retrying the same data would not help.
+    Refused,
+    /// The statement itself failed (a bug): retrying it would not help.
+    Error,
+}
+
+impl Failure {
+    fn of_sqlstate(code: &str) -> Self {
+        match code {
+            QUERY_CANCELED | IDLE_IN_TRANSACTION_TIMEOUT => Self::NotCommitted,
+            // admin_shutdown, crash_shutdown: the server ended the session under a statement,
+            // which may have committed just before.
+            "57P01" | "57P02" => Self::Unknown,
+            // Class 08: connection exception; other 57P0x: not yet accepting connections, or
+            // the database dropped; 53: insufficient resources. Each fails the statement
+            // before it commits.
+            _ if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") => {
+                Self::NotCommitted
+            }
+            _ if code.starts_with("22") || code.starts_with("23") => Self::Refused,
+            _ => Self::Error,
         }
     }
 }
@@ -88,12 +129,27 @@ impl From<sqlx::Error> for StorageError {
 pub struct Storage {
     pool: PgPool,
     migrated: Arc<AtomicBool>,
+    /// How long `run` waits for a statement before giving up on its outcome.
+    backstop: Duration,
 }
 
 impl Storage {
-    /// Creates the pool without connecting: the service starts even while PostgreSQL is down.
+    /// `connect_lazy_with` the default statement timeout.
     pub fn connect_lazy(url: &str) -> Result<Self, sqlx::Error> {
-        let options: PgConnectOptions = url.parse()?;
+        Self::connect_lazy_with(url, DEFAULT_STATEMENT_TIMEOUT)
+    }
+
+    /// Creates the pool without connecting: the service starts even while PostgreSQL is down.
+    /// On every connection the server itself cancels a statement after `statement_timeout`
+    /// and ends a session left idle in a transaction as long, so a statement the client gave
+    /// up on is rolled back instead of committing later.
+    pub fn connect_lazy_with(url: &str, statement_timeout: Duration) -> Result<Self, sqlx::Error> {
+        // Whole milliseconds, the settings' unit; 0 would mean no timeout at all.
+        let millis = statement_timeout.as_millis().max(1);
+        let options = url.parse::<PgConnectOptions>()?.options([
+            ("statement_timeout", millis),
+            ("idle_in_transaction_session_timeout", millis),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -101,6 +157,7 @@ impl Storage {
         Ok(Self {
             pool,
             migrated: Arc::new(AtomicBool::new(false)),
+            backstop: backstop(statement_timeout),
         })
     }
 
@@ -110,7 +167,7 @@ impl Storage {
         let storage = self.clone();
         tokio::spawn(async move {
             loop {
-                match sqlx::migrate!().run(&storage.pool).await {
+                match storage.migrate().await {
                     Ok(()) => {
                         storage.migrated.store(true, Ordering::Release);
                         tracing::info!("database migrations applied");
@@ -128,6 +185,22 @@ impl Storage {
     /// Closes the pool's connections, waiting for the ones in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Applies the migrations on a connection of their own, without the statement timeout:
+    /// a migration may rightly take long (an index over millions of rows).
+    async fn migrate(&self) -> Result<(), MigrateError> {
+        // A later setting overrides the pool's.
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("statement_timeout", 0)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        let migrated = sqlx::migrate!().run(&pool).await;
+        pool.close().await;
+        migrated
     }
 
     pub fn is_migrated(&self) -> bool {
@@ -185,7 +258,8 @@ impl Storage {
         })
     }
 
-    /// Runs one statement with the schema in place, bounded in time.
+    /// Runs one statement (or transaction) with the schema in place. The server's statement
+    /// timeout bounds it; the client's backstop only catches a server that does not answer.
     async fn run<T>(
         &self,
         statement: impl Future<Output = Result<T, sqlx::Error>>,
@@ -195,9 +269,69 @@ impl Storage {
                 "migrations have not been applied yet".into(),
             ));
         }
-        tokio::time::timeout(STATEMENT_TIMEOUT, statement)
+        tokio::time::timeout(self.backstop, statement)
             .await
-            .map_err(|_| StorageError::Unavailable("statement timed out".into()))?
+            .map_err(|_| {
+                StorageError::OutcomeUnknown(format!(
+                    "no answer from the database within {:?}",
+                    self.backstop
+                ))
+            })?
             .map_err(StorageError::from)
+    }
+}
+
+/// How long the client waits before it gives up on a statement's outcome: longer than the
+/// wait for a connection plus the server's statement timeout, so that a timeout normally
+/// comes back as the server's cancellation (nothing committed). The second statement timeout
+/// leaves room for a transaction's other statements and its commit.
+fn backstop(statement_timeout: Duration) -> Duration {
+    ACQUIRE_TIMEOUT + statement_timeout * 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_statement_or_transaction_is_known_not_to_have_committed() {
+        for code in [
+            QUERY_CANCELED,
+            IDLE_IN_TRANSACTION_TIMEOUT,
+            "57P03",
+            "53300",
+            "08P01",
+        ] {
+            assert_eq!(Failure::of_sqlstate(code), Failure::NotCommitted, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_session_ended_under_a_statement_leaves_its_outcome_unknown() {
+        for code in ["57P01", "57P02"] {
+            assert_eq!(Failure::of_sqlstate(code), Failure::Unknown, "{code}");
+        }
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            StorageError::from(sqlx::Error::Io(lost)),
+            StorageError::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            StorageError::from(sqlx::Error::PoolTimedOut),
+            StorageError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn other_database_errors_are_errors_of_the_statement() {
+        for code in ["23505", "42P01", "22003"] {
+            assert_eq!(Failure::of_sqlstate(code), Failure::Error, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_backstop_outlasts_the_wait_for_a_connection_and_the_servers_timeout() {
+        let statement_timeout = Duration::from_secs(1);
+        assert!(backstop(statement_timeout) > ACQUIRE_TIMEOUT + statement_timeout);
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Response, StatusCode};
 use resilient_analytics::startup::Application;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     TestApp, eventually, free_port, http_client, metric, spawn_app, spawn_app_with, start_postgres,
@@ -14,6 +14,16 @@ use crate::helpers::{
 
 /// "A few seconds": an outage must be answered well before this.
 const PROMPT: Duration = Duration::from_secs(6);
+/// Long enough, after a lock is released, for a write still queued behind it to commit.
+const LATE_COMMIT_WINDOW: Duration = Duration::from_secs(2);
+/// Sequential writes that pass through every connection the pool has opened by then (one or
+/// two: the health checks and the rollup compaction share it).
+const WARM_UP_WRITES: usize = 4;
+/// Types in one batch written while Redis is down: far more than the cache remembers.
+const OUTAGE_BATCH_TYPES: usize = 2_000;
+/// Commands one flush of owed cache bumps may send: an INCR and an EXPIRE for each of at most
+/// 256 types.
+const MAX_FLUSH_COMMANDS: u64 = 2 * 256;
 
 async fn health(app_url: &str, client: &reqwest::Client) -> (StatusCode, Value) {
     let response = client
@@ -56,6 +66,25 @@ async fn persist_redis(app: &TestApp) {
         .query_async::<()>(&mut connection)
         .await
         .unwrap();
+}
+
+/// How often Redis has run these commands since it started, from its INFO commandstats.
+async fn redis_calls(app: &TestApp, commands: &[&str]) -> u64 {
+    let client = redis::Client::open(app.settings.redis_url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let calls = |command: &&str| {
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    commands.iter().map(calls).sum()
 }
 
 #[tokio::test]
@@ -158,6 +187,61 @@ async fn a_write_made_while_redis_was_down_shows_in_the_summary_once_redis_is_ba
 }
 
 #[tokio::test]
+async fn a_batch_of_thousands_of_types_written_while_redis_was_down_shows_once_it_is_back() {
+    let app = spawn_app_with(|settings| settings.rate_limit.requests = 1000).await;
+    let types: Vec<String> = (0..OUTAGE_BATCH_TYPES)
+        .map(|i| format!("type-{i:04}"))
+        .collect();
+    let watched = [0, OUTAGE_BATCH_TYPES / 2, OUTAGE_BATCH_TYPES - 1].map(|i| &types[i]);
+    // Summaries cached before the outage, which would be served if the write went unnoticed.
+    for metric_type in watched {
+        assert_eq!(app.post_metric(metric_type, 1.0).await.status(), 201);
+        let query = format!("type={metric_type}");
+        assert_eq!(app.summary(&query).await.1.as_deref(), Some("MISS"));
+        assert_eq!(app.summary(&query).await.1.as_deref(), Some("HIT"));
+    }
+    persist_redis(&app).await;
+
+    app.redis.stop_with_timeout(Some(0)).await.unwrap();
+    let batch: Vec<Value> = types.iter().map(|t| metric(t, 2.0)).collect();
+    let written = app
+        .post_json("/api/metrics/batch", &json!({ "metrics": batch }))
+        .await;
+    assert_eq!(written.status(), 201);
+    app.redis.start().await.unwrap();
+    app.wait_for_health("healthy", Duration::from_secs(10))
+        .await;
+
+    for metric_type in watched {
+        let (status, _, summary) = app.summary(&format!("type={metric_type}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            summary["count"], 2,
+            "a stale summary from before the outage: {summary}"
+        );
+        assert_eq!(summary["latest_value"], 2.0);
+    }
+    let query = format!("type={}", watched[0]);
+    let cached = eventually(Duration::from_secs(5), || async {
+        let (_, cache, summary) = app.summary(&query).await;
+        (cache.as_deref() == Some("HIT")).then_some(summary)
+    })
+    .await
+    .expect("the cache did not come back with Redis");
+    assert_eq!(cached["count"], 2);
+    // What was owed went out in one small round trip, not one bump per type written, so it
+    // could not time out and mark Redis down again. (redis-rs sends INCR as INCRBY.)
+    let bumps = redis_calls(&app, &["incr", "incrby", "expire"]).await;
+    assert!(
+        bumps <= MAX_FLUSH_COMMANDS,
+        "{bumps} bump commands sent after the outage"
+    );
+    let (status, body) = health(&app.address, &app.client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "healthy");
+}
+
+#[tokio::test]
 async fn while_postgresql_is_down_requests_get_a_prompt_503_and_writes_recover_without_a_restart() {
     // The recovery loop posts repeatedly.
     let app = spawn_app_with(|settings| settings.rate_limit.requests = 1000).await;
@@ -197,6 +281,51 @@ async fn while_postgresql_is_down_requests_get_a_prompt_503_and_writes_recover_w
     assert_eq!(listed_values(&app, "cpu").await, [3.0, 1.0]);
     assert_eq!(app.count_rows("cpu").await, 2);
     app.wait_for_health("healthy", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_write_refused_after_its_statement_timed_out_never_commits_and_its_retry_is_stored_once()
+{
+    let statement_timeout = Duration::from_secs(1);
+    let app =
+        spawn_app_with(|settings| settings.database_statement_timeout = statement_timeout).await;
+    // Writes first, so that the pool's connections have the insert prepared: then it is the
+    // insert itself, not its preparation, that waits for the lock (as on any connection that
+    // has served a while), and a client-side timeout alone would let it commit afterwards.
+    for _ in 0..WARM_UP_WRITES {
+        assert_eq!(app.post_metric("warm-up", 1.0).await.status(), 201);
+    }
+    // Another client holds the table for longer than the statement timeout.
+    let pool = sqlx::PgPool::connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table metrics in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let lock_held = 3 * statement_timeout;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(lock_held).await;
+        lock.commit().await.unwrap();
+    });
+
+    let started = Instant::now();
+    let refused = app.post_metric("cpu", 1.0).await;
+    let elapsed = started.elapsed();
+    assert_service_unavailable(refused).await;
+    assert!(elapsed < PROMPT, "the write hung for {elapsed:?}");
+
+    release.await.unwrap();
+    tokio::time::sleep(LATE_COMMIT_WINDOW).await;
+    assert_eq!(
+        app.count_rows("cpu").await,
+        0,
+        "the write answered with a 503 committed after the lock was released"
+    );
+    assert_eq!(app.post_metric("cpu", 1.0).await.status(), 201);
+    assert_eq!(app.count_rows("cpu").await, 1);
+    pool.close().await;
 }
 
 #[tokio::test]
