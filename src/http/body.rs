@@ -1,16 +1,20 @@
 //! Request bodies of the write endpoints, read within bounds: bytes before and after
-//! inflation, JSON nesting depth, and memory over all requests at once.
+//! inflation, JSON nesting depth, the size of one point of a batch, and the memory that
+//! decoded bodies hold over all requests at once.
 //!
-//! A small uncompressed body is read and decoded where it arrives. Any other body first
-//! reserves its worst case from a shared memory budget (requests beyond it wait, unread, in
-//! the kernel's socket buffers), then streams: frames go through a bounded channel to a
-//! blocking-pool thread that inflates, checks and decodes them as they come, and stops at the
-//! first limit. The reservation is held until the request is answered, since the decoded
-//! points live that long.
+//! A small uncompressed body is read and decoded where it arrives. Any other body streams:
+//! frames go through a bounded channel to a blocking-pool thread that inflates, checks and
+//! decodes them as they come, and stops at the first limit. Memory is metered from a shared
+//! budget: a request first reserves what it will need at least (it waits, unread, in the
+//! kernel's socket buffers, until the budget has room), and a decoder charges what it keeps
+//! as it goes. A body that would take the budget past its end is refused with a 503 at once
+//! rather than waiting mid-way, so no two requests can wait on each other. The reservation
+//! is held until the request is answered, since the decoded points live that long.
 
 use std::{
     io::{self, BufReader, Read},
     sync::Arc,
+    time::Duration,
 };
 
 use axum::{
@@ -23,20 +27,39 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tower_http::timeout::TimeoutError;
 
 use super::{
-    decode::DecodeError,
+    decode::{DecodeError, MAX_BATCH_POINTS},
     error::{ApiError, caused_by},
 };
 use crate::idempotency::Fingerprinter;
 
 /// Bodies up to this size, uncompressed and of known length, are decoded where they arrive.
 const INLINE_BODY_BYTES: usize = 64 * 1024;
-/// Memory for inline bodies being read, over all requests.
+/// Memory for inline bodies, over all requests.
 const INLINE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
-/// Memory for every other body and its decoded points, over all requests. A request reserves
-/// its worst case: its length, or for a compressed body or one of unknown length the limit.
-const STREAMED_BUDGET_BYTES: usize = 24 * 1024 * 1024;
-/// Budgets count in KiB, so that a 16 MiB reservation fits a semaphore's permit count.
+/// Memory for streamed bodies and what is decoded from them, over all requests: room for
+/// one maximal batch (16 MiB of points held as in [`held_by_point`]) and its working set.
+const STREAMED_BUDGET_BYTES: usize = 56 * 1024 * 1024;
+/// What a streamed decode holds whatever its body: the largest point of a batch being read,
+/// the inflater's window, the read buffers, the frames in flight, and the errors of up to
+/// 10,000 rejected points.
+const STREAM_WORKING_BYTES: usize =
+    MAX_POINT_BYTES + 256 * 1024 + MAX_BATCH_POINTS * REJECTED_POINT_BYTES;
+/// What a rejected point's errors hold, about.
+const REJECTED_POINT_BYTES: usize = 200;
+/// The shortest JSON a valid point can be written in, about:
+/// `{"timestamp":"1970-01-01 00:00:00","value":0,"type":"a"}`.
+const MIN_POINT_JSON_BYTES: usize = 50;
+/// A gzip body of JSON inflates at least this much: its reservation up front.
+const GZIP_RATIO_AT_LEAST: usize = 4;
+/// One point of a batch, as JSON, at most: what one element may hold while it is decoded.
+pub(super) const MAX_POINT_BYTES: usize = 1024 * 1024;
+/// Budgets count in KiB, so that any reservation fits a semaphore's permit count.
 const BUDGET_UNIT: usize = 1024;
+/// A decoder that runs out of its reservation takes at least this much more at a time.
+const GROWTH_BYTES: usize = 1024 * 1024;
+/// How long a streamed decode waits for more of the budget before it gives up (a 503): two
+/// requests that each wait for what the other holds are parted by this.
+const GROWTH_WAIT: Duration = Duration::from_secs(2);
 /// Nesting of arrays and objects, at most; a point needs three levels inside a batch.
 const MAX_JSON_DEPTH: usize = 32;
 /// Frames in flight between the connection and the decoding thread.
@@ -64,13 +87,90 @@ impl Default for BodyBudget {
     }
 }
 
-async fn reserve(semaphore: &Arc<Semaphore>, bytes: usize) -> OwnedSemaphorePermit {
-    let units = bytes.div_ceil(BUDGET_UNIT).max(1) as u32;
-    semaphore
-        .clone()
-        .acquire_many_owned(units)
-        .await
-        .expect("body budgets are never closed")
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(BUDGET_UNIT)
+}
+
+/// What a valid point decoded from `json_len` bytes holds until the answer: its strings and
+/// map nodes, their copy as JSON for the insert and its encoding in the statement (about
+/// three times its text), and the struct and allocations around them.
+pub(super) fn held_by_point(json_len: usize) -> usize {
+    json_len * 3 + 256
+}
+
+/// The most that the points of `json_len` bytes of JSON can hold: what the decoder will be
+/// charged, at most, so that a body of known length never needs to grow its reservation.
+fn held_by_points_in(json_len: usize) -> usize {
+    let points = (json_len / MIN_POINT_JSON_BYTES).min(MAX_BATCH_POINTS);
+    held_by_point(json_len) - held_by_point(0) + points * held_by_point(0)
+}
+
+/// A request's share of a budget: reserved up front, grown as its decoder charges more.
+pub(super) struct Meter {
+    budget: Arc<Semaphore>,
+    held: OwnedSemaphorePermit,
+    charged: usize,
+    /// Whether `charge` may block for room (only off the async runtime's workers).
+    may_wait: bool,
+}
+
+impl Meter {
+    /// Waits (in line with the other requests) until `bytes` are free in `budget`; never more
+    /// than the whole budget.
+    async fn reserve(budget: &Arc<Semaphore>, bytes: usize, total: usize, may_wait: bool) -> Self {
+        let held = budget
+            .clone()
+            .acquire_many_owned(units(bytes.min(total)).max(1) as u32)
+            .await
+            .expect("body budgets are never closed");
+        Self {
+            budget: budget.clone(),
+            held,
+            charged: 0,
+            may_wait,
+        }
+    }
+
+    /// A meter of a budget that never runs out, for decoders' tests.
+    #[cfg(test)]
+    pub(super) fn unlimited() -> Self {
+        let budget = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let held = budget
+            .clone()
+            .try_acquire_owned()
+            .expect("a permit is free");
+        Self {
+            budget,
+            held,
+            charged: 0,
+            may_wait: false,
+        }
+    }
+
+    /// Records that the decoder keeps `bytes` more; refused (a 503) when the budget has no
+    /// room for them within [`GROWTH_WAIT`] (at once on the async runtime).
+    pub(super) fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        self.charged += bytes;
+        let missing = units(self.charged).saturating_sub(self.held.num_permits());
+        if missing == 0 {
+            return Ok(());
+        }
+        let grow = missing.max(units(GROWTH_BYTES)) as u32;
+        let more = match self.budget.clone().try_acquire_many_owned(grow) {
+            Ok(more) => more,
+            Err(_) if self.may_wait => {
+                let waiting = self.budget.clone().acquire_many_owned(grow);
+                tokio::runtime::Handle::current()
+                    .block_on(tokio::time::timeout(GROWTH_WAIT, waiting))
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or(DecodeError::Busy)?
+            }
+            Err(_) => return Err(DecodeError::Busy),
+        };
+        self.held.merge(more);
+        Ok(())
+    }
 }
 
 /// Why reading stopped early. Travels as an `io::Error` through the decoders.
@@ -78,6 +178,8 @@ async fn reserve(semaphore: &Arc<Semaphore>, bytes: usize) -> OwnedSemaphorePerm
 enum Stop {
     #[error("the body is over the size limit")]
     TooLarge,
+    #[error("a point is over the size limit")]
+    PointTooLarge,
     #[error("the body nests deeper than {MAX_JSON_DEPTH} levels")]
     TooDeep,
     #[error("the body was not received in time")]
@@ -92,29 +194,39 @@ impl Stop {
     }
 }
 
+/// The limits of one endpoint's bodies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Bytes, before and after inflation.
+    pub(super) body: usize,
+    /// Bytes of one value nested in a top-level array (a batch's point), when limited.
+    pub(super) point: Option<usize>,
+}
+
 /// What a decoded body comes with.
 pub(super) struct DecodedBody<T> {
     pub(super) value: T,
     /// The fingerprint of path and body, when one was asked for.
     pub(super) fingerprint: Option<Vec<u8>>,
-    /// Memory reserved for the body and what was decoded from it, until the answer.
-    pub(super) _reservation: OwnedSemaphorePermit,
+    /// Memory held for what was decoded, until the answer.
+    pub(super) _meter: Meter,
 }
 
-/// A JSON body of at most `limit` bytes (also after inflation) decoded by `decode`:
-/// 415 without a JSON content type or with an encoding other than gzip, 413 over the limit,
-/// 400 when it is not JSON or nests too deeply, 408 when it arrives too slowly.
+/// A JSON body within `limits` decoded by `decode` (which charges `Meter` for what it
+/// keeps): 415 without a JSON content type or with an encoding other than gzip, 413 over a
+/// limit, 400 when it is not JSON or nests too deeply, 408 when it arrives too slowly, 503
+/// when the memory budget has no room for it.
 pub(super) async fn read_json<T, F>(
     budget: &BodyBudget,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    limits: Limits,
     fingerprint: Option<Fingerprinter>,
     decode: F,
 ) -> Result<DecodedBody<T>, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Read) -> Result<T, DecodeError> + Send + 'static,
+    F: FnOnce(&mut dyn Read, &mut Meter) -> Result<T, DecodeError> + Send + 'static,
 {
     if !has_json_content_type(headers) {
         return Err(ApiError::UnsupportedMediaType);
@@ -123,54 +235,72 @@ where
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
-    if length.is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
+    if length.is_some_and(|length| length > limits.body) {
+        return Err(ApiError::PayloadTooLarge { limit: limits.body });
     }
-    let decoded = match length {
+    let (value, fingerprint, meter) = match length {
         Some(length) if length <= INLINE_BODY_BYTES && !gzipped => {
-            let reservation = reserve(&budget.inline, length).await;
+            let mut meter = Meter::reserve(
+                &budget.inline,
+                held_by_points_in(length),
+                INLINE_BUDGET_BYTES,
+                false,
+            )
+            .await;
             let bytes = collect(body, length).await?;
-            let mut reader = Guarded::new(&bytes[..], limit, fingerprint);
-            let value = decode(&mut reader);
-            (value, reader.finish(), reservation)
+            let mut reader = Guarded::new(&bytes[..], limits, fingerprint);
+            let value = decode(&mut reader, &mut meter);
+            (value, reader.finish(), meter)
         }
         _ => {
-            let worst_case = if gzipped {
-                limit
-            } else {
-                length.unwrap_or(limit)
+            // What it will hold at least: the working set, and what its body's length says.
+            let expected = match (gzipped, length) {
+                (false, Some(length)) => length,
+                (true, Some(length)) => length * GZIP_RATIO_AT_LEAST,
+                (_, None) => 0,
             };
-            let reservation = reserve(&budget.streamed, worst_case).await;
-            let (value, fingerprint) = stream(body, gzipped, limit, fingerprint, decode).await?;
-            (value, fingerprint, reservation)
+            let meter = Meter::reserve(
+                &budget.streamed,
+                STREAM_WORKING_BYTES + held_by_points_in(expected.min(limits.body)),
+                STREAMED_BUDGET_BYTES,
+                true,
+            )
+            .await;
+            stream(body, gzipped, limits, fingerprint, meter, decode).await?
         }
     };
-    let (value, fingerprint, reservation) = decoded;
     Ok(DecodedBody {
-        value: value.map_err(|error| into_api_error(error, limit))?,
+        value: value.map_err(|error| into_api_error(error, limits))?,
         fingerprint,
-        _reservation: reservation,
+        _meter: meter,
     })
 }
 
 /// The whole body, of a length already known to be small.
 async fn collect(body: Body, length: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, length)
-        .await
-        .map_err(|error| into_api_error(DecodeError::Read(frame_error(error).into_io()), length))
+    axum::body::to_bytes(body, length).await.map_err(|error| {
+        let limits = Limits {
+            body: length,
+            point: None,
+        };
+        into_api_error(DecodeError::Read(frame_error(error).into_io()), limits)
+    })
 }
+
+type Streamed<T> = (Result<T, DecodeError>, Option<Vec<u8>>, Meter);
 
 /// Feeds the body's frames to `decode` on the blocking pool, through the guards.
 async fn stream<T, F>(
     mut body: Body,
     gzipped: bool,
-    limit: usize,
+    limits: Limits,
     fingerprint: Option<Fingerprinter>,
+    mut meter: Meter,
     decode: F,
-) -> Result<(Result<T, DecodeError>, Option<Vec<u8>>), ApiError>
+) -> Result<Streamed<T>, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Read) -> Result<T, DecodeError> + Send + 'static,
+    F: FnOnce(&mut dyn Read, &mut Meter) -> Result<T, DecodeError> + Send + 'static,
 {
     let (frames, received) = mpsc::channel(FRAMES_IN_FLIGHT);
     let decoding = tokio::task::spawn_blocking(move || {
@@ -183,9 +313,9 @@ where
         } else {
             Box::new(compressed)
         };
-        let mut reader = BufReader::new(Guarded::new(inflated, limit, fingerprint));
-        let value = decode(&mut reader);
-        (value, reader.into_inner().finish())
+        let mut reader = BufReader::new(Guarded::new(inflated, limits, fingerprint));
+        let value = decode(&mut reader, &mut meter);
+        (value, reader.into_inner().finish(), meter)
     });
     let forwarding = async move {
         let mut sent = 0usize;
@@ -201,7 +331,7 @@ where
                 }
             };
             sent += data.len();
-            let data = if sent > limit {
+            let data = if sent > limits.body {
                 Err(Stop::TooLarge)
             } else {
                 Ok(data)
@@ -256,11 +386,11 @@ struct Guarded<R> {
 }
 
 impl<R: Read> Guarded<R> {
-    fn new(inner: R, limit: usize, fingerprint: Option<Fingerprinter>) -> Self {
+    fn new(inner: R, limits: Limits, fingerprint: Option<Fingerprinter>) -> Self {
         Self {
             inner,
-            remaining: limit,
-            depth: DepthScan::default(),
+            remaining: limits.body,
+            depth: DepthScan::new(limits.point),
             fingerprint,
         }
     }
@@ -287,51 +417,83 @@ impl<R: Read> Read for Guarded<R> {
     }
 }
 
-/// Tracks how deeply the JSON text seen so far nests, outside of strings.
+/// Tracks the JSON text going through: how deeply it nests (outside strings), and how long
+/// each value inside a top-level container is (a batch's point), when that is limited.
 #[derive(Debug, Default)]
 struct DepthScan {
     depth: usize,
     in_string: bool,
     escaped: bool,
+    max_element: Option<usize>,
+    /// Bytes of the current element of the top-level container.
+    element: usize,
 }
 
+/// The depth of the elements of a top-level container (`{"metrics": [here]}`).
+const ELEMENT_DEPTH: usize = 2;
+
 impl DepthScan {
+    fn new(max_element: Option<usize>) -> Self {
+        Self {
+            max_element,
+            ..Self::default()
+        }
+    }
+
     fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
         for &byte in bytes {
-            if self.in_string {
-                match byte {
-                    _ if self.escaped => self.escaped = false,
-                    b'\\' => self.escaped = true,
-                    b'"' => self.in_string = false,
-                    _ => {}
+            let separates = !self.in_string && self.depth == ELEMENT_DEPTH && byte == b',';
+            self.step(byte)?;
+            if separates || self.depth < ELEMENT_DEPTH {
+                self.element = 0;
+            } else {
+                self.element += 1;
+                if self.max_element.is_some_and(|max| self.element > max) {
+                    return Err(Stop::PointTooLarge.into_io());
                 }
-                continue;
             }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, byte: u8) -> io::Result<()> {
+        if self.in_string {
             match byte {
-                b'"' => self.in_string = true,
-                b'[' | b'{' => {
-                    self.depth += 1;
-                    if self.depth > MAX_JSON_DEPTH {
-                        return Err(Stop::TooDeep.into_io());
-                    }
-                }
-                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ if self.escaped => self.escaped = false,
+                b'\\' => self.escaped = true,
+                b'"' => self.in_string = false,
                 _ => {}
             }
+            return Ok(());
+        }
+        match byte {
+            b'"' => self.in_string = true,
+            b'[' | b'{' => {
+                self.depth += 1;
+                if self.depth > MAX_JSON_DEPTH {
+                    return Err(Stop::TooDeep.into_io());
+                }
+            }
+            b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+            _ => {}
         }
         Ok(())
     }
 }
 
-fn into_api_error(error: DecodeError, limit: usize) -> ApiError {
+fn into_api_error(error: DecodeError, limits: Limits) -> ApiError {
     match error {
+        DecodeError::Busy => ApiError::Busy,
         DecodeError::Malformed(reason) => ApiError::MalformedJson(reason),
         DecodeError::Invalid(errors) => ApiError::Validation(errors),
         DecodeError::TooManyPoints => ApiError::TooManyPoints {
             limit: super::decode::MAX_BATCH_POINTS,
         },
         DecodeError::Read(error) => match error.get_ref().and_then(|e| e.downcast_ref::<Stop>()) {
-            Some(Stop::TooLarge) => ApiError::PayloadTooLarge { limit },
+            Some(Stop::TooLarge) => ApiError::PayloadTooLarge { limit: limits.body },
+            Some(Stop::PointTooLarge) => ApiError::PointTooLarge {
+                limit: limits.point.unwrap_or(limits.body),
+            },
             Some(Stop::Timeout) => ApiError::BodyReadTimeout,
             Some(stop @ (Stop::TooDeep | Stop::Broken(_))) => {
                 ApiError::MalformedJson(stop.to_string())
@@ -369,6 +531,10 @@ mod tests {
 
     use super::*;
 
+    fn limits(body: usize, point: Option<usize>) -> Limits {
+        Limits { body, point }
+    }
+
     fn read_all(reader: &mut dyn Read) -> Result<Vec<u8>, DecodeError> {
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).map_err(DecodeError::Read)?;
@@ -377,7 +543,7 @@ mod tests {
 
     fn stop_of(result: Result<Vec<u8>, DecodeError>) -> String {
         match result {
-            Err(error) => format!("{:?}", into_api_error(error, 0)),
+            Err(error) => format!("{:?}", into_api_error(error, limits(0, None))),
             Ok(_) => "read".into(),
         }
     }
@@ -385,9 +551,9 @@ mod tests {
     #[test]
     fn the_guard_allows_exactly_the_limit_and_stops_one_byte_past_it() {
         let body = [b' '; 100];
-        let mut reader = Guarded::new(&body[..], 100, None);
+        let mut reader = Guarded::new(&body[..], limits(100, None), None);
         assert_eq!(read_all(&mut reader).unwrap().len(), 100);
-        let mut reader = Guarded::new(&body[..], 99, None);
+        let mut reader = Guarded::new(&body[..], limits(99, None), None);
         assert!(stop_of(read_all(&mut reader)).contains("PayloadTooLarge"));
     }
 
@@ -409,11 +575,120 @@ mod tests {
     }
 
     #[test]
+    fn each_point_of_a_batch_is_limited_not_the_batch() {
+        let point = format!(r#"{{"type": "{}"}}"#, "x".repeat(80));
+        let batch = format!(
+            r#"{{"metrics": [{point}, {point}, "{}"], "other": "{}"}}"#,
+            "s".repeat(50),
+            "y".repeat(500)
+        );
+        let mut scan = DepthScan::new(Some(point.len() + 1));
+        assert!(
+            scan.feed(batch.as_bytes()).is_ok(),
+            "every element within the limit"
+        );
+        let long = format!(r#"{{"metrics": ["{}"]}}"#, "s".repeat(100));
+        let mut scan = DepthScan::new(Some(100));
+        let error = scan.feed(long.as_bytes()).unwrap_err();
+        assert!(matches!(
+            error.get_ref().and_then(|e| e.downcast_ref::<Stop>()),
+            Some(Stop::PointTooLarge)
+        ));
+    }
+
+    #[test]
     fn a_gzip_bomb_stops_at_the_limit_after_inflating_little_more() {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(&vec![b' '; 16 * 1024 * 1024]).unwrap();
         let bomb = encoder.finish().unwrap();
-        let mut reader = Guarded::new(GzDecoder::new(&bomb[..]), 1024 * 1024, None);
+        let mut reader = Guarded::new(GzDecoder::new(&bomb[..]), limits(1024 * 1024, None), None);
         assert!(stop_of(read_all(&mut reader)).contains("PayloadTooLarge"));
+    }
+
+    #[test]
+    fn a_maximal_batch_fits_the_budget_and_its_reservation_covers_its_points() {
+        let maximal = STREAM_WORKING_BYTES + held_by_points_in(16 * 1024 * 1024);
+        assert!(maximal <= STREAMED_BUDGET_BYTES, "{maximal}");
+        // However the body splits into points, their charges stay within the reservation.
+        for (len, points) in [
+            (1_000_000, 10_000),
+            (5_000, 100),
+            (16 * 1024 * 1024, 10_000),
+        ] {
+            let charged = points * held_by_point(len / points);
+            assert!(
+                charged <= held_by_points_in(len),
+                "{len} bytes, {points} points"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_meter_grows_while_the_budget_has_room_and_refuses_past_it() {
+        let budget = Arc::new(Semaphore::new(units(4 * GROWTH_BYTES)));
+        let mut first = Meter::reserve(&budget, GROWTH_BYTES, 4 * GROWTH_BYTES, false).await;
+        first.charge(GROWTH_BYTES).unwrap();
+        assert_eq!(
+            first.held.num_permits(),
+            units(GROWTH_BYTES),
+            "within the reservation"
+        );
+        first.charge(1).unwrap();
+        assert_eq!(
+            first.held.num_permits(),
+            units(2 * GROWTH_BYTES),
+            "grown by a step"
+        );
+        let mut second = Meter::reserve(&budget, 2 * GROWTH_BYTES, 4 * GROWTH_BYTES, false).await;
+        assert!(matches!(
+            second.charge(3 * GROWTH_BYTES),
+            Err(DecodeError::Busy)
+        ));
+        drop(first);
+        second.charge(GROWTH_BYTES).unwrap();
+        // A reservation is never larger than the whole budget, so it can always be had.
+        drop(second);
+        let whole = Meter::reserve(&budget, 100 * GROWTH_BYTES, 4 * GROWTH_BYTES, false).await;
+        assert_eq!(whole.held.num_permits(), units(4 * GROWTH_BYTES));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_decode_waits_a_little_for_room_then_gives_up() {
+        let budget = Arc::new(Semaphore::new(units(2 * GROWTH_BYTES)));
+        let first = Meter::reserve(&budget, GROWTH_BYTES, 2 * GROWTH_BYTES, false).await;
+        let mut second = Meter::reserve(&budget, GROWTH_BYTES, 2 * GROWTH_BYTES, true).await;
+        // The budget is spent: the second's growth waits until the first is answered.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(first);
+        });
+        let (grew, mut second) = tokio::task::spawn_blocking(move || {
+            let grew = second.charge(2 * GROWTH_BYTES).is_ok();
+            (grew, second)
+        })
+        .await
+        .unwrap();
+        release.await.unwrap();
+        assert!(grew);
+        assert_eq!(second.held.num_permits(), units(2 * GROWTH_BYTES));
+        // Nothing more will be released: it gives up after the wait.
+        let gave_up = tokio::task::spawn_blocking(move || second.charge(1).is_err())
+            .await
+            .unwrap();
+        assert!(gave_up);
+    }
+
+    #[test]
+    fn content_types() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            has_json_content_type(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!has_json_content_type(&HeaderMap::new()));
     }
 }

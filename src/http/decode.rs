@@ -14,6 +14,8 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
+use super::body::{Meter, held_by_point};
+
 use crate::metric::{
     FieldError, MAX_TAGS, MetricPoint, RejectedPoint, check_tag, check_value, collect,
     parse_timestamp,
@@ -31,6 +33,8 @@ pub(super) enum DecodeError {
     Invalid(Vec<FieldError>),
     /// More than [`MAX_BATCH_POINTS`] points.
     TooManyPoints,
+    /// The memory budget for bodies has no room for what this one decodes to, now.
+    Busy,
     /// The reader stopped (a limit, a timeout, a hang-up): its error.
     Read(std::io::Error),
 }
@@ -192,10 +196,17 @@ pub(super) struct DecodedBatch {
     pub(super) rejected: Vec<RejectedPoint>,
 }
 
-/// Decodes `{"metrics": [point, ...]}` from a stream, one element at a time.
-pub(super) fn batch(reader: impl Read) -> Result<DecodedBatch, DecodeError> {
+/// Decodes `{"metrics": [point, ...]}` from a stream, one element at a time, charging
+/// `meter` for every point kept (valid or rejected).
+pub(super) fn batch(reader: impl Read, meter: &mut Meter) -> Result<DecodedBatch, DecodeError> {
     let mut deserializer = serde_json::Deserializer::from_reader(reader);
-    let mut outcome = BatchOutcome::default();
+    let mut outcome = BatchOutcome {
+        meter,
+        batch: DecodedBatch::default(),
+        seen_metrics: false,
+        too_many: false,
+        busy: false,
+    };
     let decoded = BatchSeed(&mut outcome)
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end());
@@ -206,6 +217,7 @@ pub(super) fn batch(reader: impl Read) -> Result<DecodedBatch, DecodeError> {
         )])),
         Ok(()) => Ok(outcome.batch),
         Err(_) if outcome.too_many => Err(DecodeError::TooManyPoints),
+        Err(_) if outcome.busy => Err(DecodeError::Busy),
         Err(error) if error.is_data() => Err(DecodeError::Invalid(vec![FieldError::new(
             if outcome.seen_metrics {
                 "metrics"
@@ -218,17 +230,18 @@ pub(super) fn batch(reader: impl Read) -> Result<DecodedBatch, DecodeError> {
     }
 }
 
-#[derive(Default)]
-struct BatchOutcome {
+struct BatchOutcome<'m> {
+    meter: &'m mut Meter,
     batch: DecodedBatch,
     seen_metrics: bool,
     too_many: bool,
+    busy: bool,
 }
 
 /// The batch object: `metrics` is decoded point by point, other fields are skipped unread.
-struct BatchSeed<'a>(&'a mut BatchOutcome);
+struct BatchSeed<'a, 'm>(&'a mut BatchOutcome<'m>);
 
-impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -236,7 +249,7 @@ impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for BatchSeed<'_> {
+impl<'de> Visitor<'de> for BatchSeed<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -261,9 +274,9 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
 
 /// The `metrics` array: each element is captured as raw text (syntax checked, numbers not
 /// parsed) and decoded on its own, so an invalid element rejects only itself.
-struct PointsSeed<'a>(&'a mut BatchOutcome);
+struct PointsSeed<'a, 'm>(&'a mut BatchOutcome<'m>);
 
-impl<'de> DeserializeSeed<'de> for PointsSeed<'_> {
+impl<'de> DeserializeSeed<'de> for PointsSeed<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -271,7 +284,7 @@ impl<'de> DeserializeSeed<'de> for PointsSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for PointsSeed<'_> {
+impl<'de> Visitor<'de> for PointsSeed<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -286,7 +299,19 @@ impl<'de> Visitor<'de> for PointsSeed<'_> {
                 return Err(de::Error::custom("too many points"));
             }
             match point(element.get()) {
-                Ok(point) => self.0.batch.points.push(point),
+                Ok(point) => {
+                    // Rejected points' errors are in every body's working memory.
+                    if self
+                        .0
+                        .meter
+                        .charge(held_by_point(element.get().len()))
+                        .is_err()
+                    {
+                        self.0.busy = true;
+                        return Err(de::Error::custom("out of memory budget"));
+                    }
+                    self.0.batch.points.push(point);
+                }
                 Err(errors) => self.0.batch.rejected.push(RejectedPoint { index, errors }),
             }
             index += 1;
@@ -382,7 +407,7 @@ mod tests {
             1,
             {"timestamp": "2026-01-01T00:00:00Z", "type": "t", "value": 1e400}
         ]}"#;
-        let batch = batch(body.as_bytes()).unwrap();
+        let batch = batch(body.as_bytes(), &mut Meter::unlimited()).unwrap();
         assert_eq!(batch.points.len(), 1);
         let indexes: Vec<usize> = batch.rejected.iter().map(|r| r.index).collect();
         assert_eq!(indexes, [1, 2]);
@@ -394,7 +419,7 @@ mod tests {
         body.push_str(&vec!["1"; MAX_BATCH_POINTS + 1].join(","));
         body.push_str("]}");
         assert!(matches!(
-            batch(body.as_bytes()),
+            batch(body.as_bytes(), &mut Meter::unlimited()),
             Err(DecodeError::TooManyPoints)
         ));
         // Cut short after the limit: still "too many", not "malformed".
@@ -403,7 +428,7 @@ mod tests {
             vec!["1"; MAX_BATCH_POINTS].join(",")
         );
         assert!(matches!(
-            batch(cut.as_bytes()),
+            batch(cut.as_bytes(), &mut Meter::unlimited()),
             Err(DecodeError::TooManyPoints)
         ));
     }
@@ -417,18 +442,27 @@ mod tests {
             r#"{"metrics": [], "metrics": []}"#,
         ] {
             assert!(
-                matches!(batch(body.as_bytes()), Err(DecodeError::Invalid(_))),
+                matches!(
+                    batch(body.as_bytes(), &mut Meter::unlimited()),
+                    Err(DecodeError::Invalid(_))
+                ),
                 "{body}"
             );
         }
         for body in [r#"{"metrics": [1,"#, r#"{"metrics": []} x"#, "NaN"] {
             assert!(
-                matches!(batch(body.as_bytes()), Err(DecodeError::Malformed(_))),
+                matches!(
+                    batch(body.as_bytes(), &mut Meter::unlimited()),
+                    Err(DecodeError::Malformed(_))
+                ),
                 "{body}"
             );
         }
         assert_eq!(
-            batch(r#"{"metrics": []}"#.as_bytes()).unwrap().points.len(),
+            batch(r#"{"metrics": []}"#.as_bytes(), &mut Meter::unlimited())
+                .unwrap()
+                .points
+                .len(),
             0
         );
     }

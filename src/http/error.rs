@@ -42,6 +42,10 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("a batch holds at most {limit} points")]
     TooManyPoints { limit: usize },
+    #[error("a point of a batch is at most {limit} bytes")]
+    PointTooLarge { limit: usize },
+    #[error("the server is at its memory budget for request bodies; retry shortly")]
+    Busy,
     #[error("rate limit exceeded; retry in {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
     #[error("a dependency is unavailable; retry shortly")]
@@ -94,11 +98,12 @@ impl ApiError {
             Self::UnsupportedEncoding => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
-            Self::PayloadTooLarge { .. } | Self::TooManyPoints { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
-            }
+            Self::PayloadTooLarge { .. }
+            | Self::TooManyPoints { .. }
+            | Self::PointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY"),
             Self::ExternalService(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "EXTERNAL_SERVICE_UNAVAILABLE",
@@ -117,7 +122,7 @@ impl ApiError {
             Self::Unavailable | Self::ExternalService(_) => {
                 Some(retry_after_secs(UNAVAILABLE_RETRY_AFTER))
             }
-            Self::IdempotencyKeyInFlight => Some(1),
+            Self::IdempotencyKeyInFlight | Self::Busy => Some(1),
             _ => None,
         }
     }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AppState, MAX_BODY_BYTES,
-    body::{DecodedBody, read_json},
+    body::{DecodedBody, Limits, MAX_POINT_BYTES, Meter, read_json},
     decode::{self, DecodeError, DecodedBatch},
     error::ApiError,
 };
@@ -30,22 +30,24 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// A batch body's size, at most (after decompression).
 pub(super) const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
-/// How a write endpoint's body is decoded, within which size.
+/// How a write endpoint's body is decoded, within which limits.
 pub(super) trait BodyDecoder: 'static {
     type Output: Send + 'static;
-    /// Bytes, at most, before and after decompression.
-    const LIMIT: usize;
-    fn decode(reader: &mut dyn Read) -> Result<Self::Output, DecodeError>;
+    const LIMITS: Limits;
+    fn decode(reader: &mut dyn Read, meter: &mut Meter) -> Result<Self::Output, DecodeError>;
 }
 
-/// `POST /api/metrics`: one point.
+/// `POST /api/metrics`: one point, at most 1 MiB (which the body's working memory covers).
 pub(super) struct OnePoint;
 
 impl BodyDecoder for OnePoint {
     type Output = MetricPoint;
-    const LIMIT: usize = MAX_BODY_BYTES;
+    const LIMITS: Limits = Limits {
+        body: MAX_BODY_BYTES,
+        point: None,
+    };
 
-    fn decode(reader: &mut dyn Read) -> Result<MetricPoint, DecodeError> {
+    fn decode(reader: &mut dyn Read, _meter: &mut Meter) -> Result<MetricPoint, DecodeError> {
         decode::single(&read_to_end(reader)?)
     }
 }
@@ -55,10 +57,13 @@ pub(super) struct Batch;
 
 impl BodyDecoder for Batch {
     type Output = DecodedBatch;
-    const LIMIT: usize = MAX_BATCH_BYTES;
+    const LIMITS: Limits = Limits {
+        body: MAX_BATCH_BYTES,
+        point: Some(MAX_POINT_BYTES),
+    };
 
-    fn decode(reader: &mut dyn Read) -> Result<DecodedBatch, DecodeError> {
-        decode::batch(reader)
+    fn decode(reader: &mut dyn Read, meter: &mut Meter) -> Result<DecodedBatch, DecodeError> {
+        decode::batch(reader, meter)
     }
 }
 
@@ -98,7 +103,7 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
             &state.body_budget,
             &parts.headers,
             body,
-            D::LIMIT,
+            D::LIMITS,
             fingerprint,
             D::decode,
         )
@@ -125,9 +130,9 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> 
             &state.body_budget,
             &parts.headers,
             body,
-            MAX_BODY_BYTES,
+            OnePoint::LIMITS,
             None,
-            |reader| {
+            |reader, _meter| {
                 serde_json::from_slice(&read_to_end(reader)?).map_err(|error| {
                     if error.is_data() {
                         DecodeError::Invalid(vec![FieldError::new("body", error.to_string())])

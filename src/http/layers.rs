@@ -87,6 +87,12 @@ fn request_span(request: &Request) -> Span {
         request_id,
         method = method(request),
         route = route(request),
+        // Filled in by handlers, so the one `request completed` event says what was done.
+        points = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+        replayed = tracing::field::Empty,
+        rate_limited = tracing::field::Empty,
+        failure_rate = tracing::field::Empty,
     )
 }
 

@@ -323,8 +323,11 @@ mod tests {
     }
 
     #[test]
-    fn other_database_errors_are_errors_of_the_statement() {
-        for code in ["23505", "42P01", "22003"] {
+    fn data_the_database_refuses_is_told_from_other_errors_of_the_statement() {
+        for code in ["23505", "23514", "22003", "22008"] {
+            assert_eq!(Failure::of_sqlstate(code), Failure::Refused, "{code}");
+        }
+        for code in ["42P01", "42883", "XX000"] {
             assert_eq!(Failure::of_sqlstate(code), Failure::Error, "{code}");
         }
     }

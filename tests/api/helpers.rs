@@ -5,7 +5,9 @@
 //! without a registry, scripts/build-offline-images.sh builds stand-ins.
 
 use std::{
+    io::{BufRead, BufReader},
     net::TcpListener,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -238,6 +240,89 @@ impl TestApp {
             .unwrap();
         pool.close().await;
         count
+    }
+}
+
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_resilient-analytics");
+
+/// The release binary's process, configured like a deployment, pointed at the test's
+/// containers.
+pub(crate) struct ServerProcess {
+    pub(crate) child: Child,
+    pub(crate) address: String,
+    /// Its stdout goes to a file: a pipe nobody reads would fill up and stall the server.
+    log_path: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    pub(crate) fn spawn(app: &TestApp, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log_path = std::env::temp_dir().join(format!("resilient-analytics-test-{port}.log"));
+        let log_file = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", port.to_string())
+            .env("DATABASE_URL", &app.settings.database_url)
+            .env("REDIS_URL", &app.settings.redis_url)
+            .env("EXTERNAL_SERVICE_FAILURE_RATE", "0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::inherit());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("binary did not start");
+        Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log_path,
+        }
+    }
+
+    pub(crate) async fn wait_until_healthy(&self, client: &reqwest::Client) {
+        let url = format!("{}/health", self.address);
+        eventually(Duration::from_secs(20), || async {
+            let response = client.get(&url).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            (body["status"] == "healthy").then_some(())
+        })
+        .await
+        .expect("the binary did not become healthy");
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status.
+    pub(crate) async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        eventually(within, || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+        .expect("the process did not exit in time")
+    }
+
+    /// Its stdout, one line each.
+    pub(crate) fn log_lines(&self) -> Vec<String> {
+        let log = std::fs::File::open(&self.log_path).unwrap();
+        BufReader::new(log).lines().map_while(Result::ok).collect()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 

@@ -211,3 +211,41 @@ async fn expired_keys_are_free_again_and_are_cleaned_up() {
     assert_eq!(keys_stored(&app, "kept").await, 1);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn keys_belong_to_the_client_that_sent_them() {
+    // Clients are told apart by X-Forwarded-For from a trusted proxy, as behind a balancer.
+    let app = spawn_app_with(|s| {
+        s.rate_limit.requests = 1_000;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let body = metric("scoped", 1.0);
+    let post_as = |client: &'static str| {
+        app.client
+            .post(app.url("/api/metrics"))
+            .header("idempotency-key", "same-key")
+            .header("x-forwarded-for", client)
+            .json(&body)
+            .send()
+    };
+    let first = post_as("203.0.113.1").await.unwrap();
+    let second = post_as("203.0.113.2").await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (201, 201)
+    );
+    assert!(!replayed(&second), "another client's key is another key");
+    let (first, second): (Value, Value) =
+        (first.json().await.unwrap(), second.json().await.unwrap());
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(app.count_rows("scoped").await, 2);
+    // Each client's repeat replays its own first response.
+    for (client, original) in [("203.0.113.1", &first), ("203.0.113.2", &second)] {
+        let again = post_as(client).await.unwrap();
+        assert!(replayed(&again));
+        assert_eq!(&again.json::<Value>().await.unwrap(), original);
+    }
+    assert_eq!(app.count_rows("scoped").await, 2);
+    assert_eq!(keys_stored(&app, "same-key").await, 2);
+}

@@ -6,6 +6,7 @@ mod bad_input;
 mod batch;
 mod chaos;
 mod circuit_breaker;
+mod containment;
 mod docs;
 mod health;
 mod idempotency;
