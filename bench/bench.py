@@ -648,7 +648,8 @@ def _outcome(error: BaseException) -> str:
 
 def _post(host: str, port: int, path: str, body: bytes, headers: dict, timeout: float,
           barrier: threading.Barrier | None = None) -> tuple[str, float]:
-    """One request on its own connection: (status or "error: ...", seconds from sending)."""
+    """One request on its own connection: ("STATUS" or "STATUS CODE" for an error body with a
+    code, or "error: ..." without a response; seconds from sending)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     began = time.perf_counter()
     try:
@@ -658,8 +659,17 @@ def _post(host: str, port: int, path: str, body: bytes, headers: dict, timeout: 
             began = time.perf_counter()
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
-        response.read()
-        return str(response.status), time.perf_counter() - began
+        payload = response.read()
+        elapsed = time.perf_counter() - began
+        outcome = str(response.status)
+        if response.status >= 400:
+            try:
+                code = json.loads(payload).get("code")
+            except (ValueError, AttributeError):
+                code = None
+            if isinstance(code, str) and re.fullmatch(r"[A-Z_]{1,40}", code):
+                outcome += f" {code}"
+        return outcome, elapsed
     except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as error:
         return _outcome(error), time.perf_counter() - began
     finally:
@@ -697,6 +707,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     inflated_bytes = len(inflated)
     del inflated
 
+    load_before = os.getloadavg()[0]
     idle = read_status_kb(args.pid)
     if idle is None:
         die(f"server process {args.pid} is gone before the scenario")
@@ -827,6 +838,8 @@ def cmd_memory(args: argparse.Namespace) -> None:
         "idle_hwm_kb": idle["VmHWM"],
         "peak_hwm_kb": watch["hwm_kb"],
         "max_rss_seen_kb": watch["max_rss_kb"],
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
         "guard_mb": args.guard_mb,
         "guard_tripped": watch["guard_tripped"],
         "server_gone": final is None,
@@ -860,6 +873,7 @@ def cmd_memory_report(args: argparse.Namespace) -> None:
     target_mb = 100.0
     rows = []
     failed = []
+    loads = []
     for scenario in MEMORY_SCENARIOS:
         path = work / f"memory-{scenario}.json"
         if not path.exists():
@@ -867,7 +881,7 @@ def cmd_memory_report(args: argparse.Namespace) -> None:
         r = json.loads(path.read_text())
         peak_mb = r["peak_hwm_kb"] / 1024
         expected = r["expected_status"]
-        clean = set(r["statuses"]) == {expected} and not r["guard_tripped"]
+        clean = all(s.split()[0] == expected for s in r["statuses"]) and not r["guard_tripped"]
         ok = peak_mb < target_mb and clean
         if not ok:
             failed.append(r["label"])
@@ -892,6 +906,7 @@ def cmd_memory_report(args: argparse.Namespace) -> None:
         mark = "✓" if peak_mb < target_mb and not r["guard_tripped"] else "✗"
         rows.append((scenario_text, f"{r['requests']:,}", statuses, wall,
                      f"{r['idle_rss_kb'] / 1024:.1f}", peak, mark, probe))
+        loads.append(f"{r['label'].split(' (')[0]}: {r['loadavg_before']:.1f} → {r['loadavg_after']:.1f}")
     if not rows:
         die("no memory scenario results found")
 
@@ -911,6 +926,9 @@ def cmd_memory_report(args: argparse.Namespace) -> None:
         "| scenario | requests | statuses | wall time per round | idle RSS MB | peak RSS MB | < 100 MB | small client (single writes) |",
         "|---|---|---|---|---|---|---|---|",
         *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows),
+        "",
+        f"Machine load (1-minute load average before → after each scenario, {facts['nproc']} CPUs): "
+        + "; ".join(loads) + ".",
         "",
         f"Logs (RUST_LOG=warn): {facts.get('log_lines', '?')}",
         "",
