@@ -582,7 +582,7 @@ def _stamp(t: float) -> str:
 
 def maximal_batch_body(size: int) -> bytes:
     """10,000 points of 32 tags each, exactly `size` bytes of JSON (`size` just under 16 MiB):
-    every field within the rules (keys 8 characters, values ~40 of the allowed 500)."""
+    every field within the rules (keys 8 characters, values 35–58 of the allowed 500)."""
     now = time.time()
     keys = [f"label_{k:02d}" for k in range(MAX_TAGS)]
 
