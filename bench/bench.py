@@ -8,6 +8,10 @@ Subcommands:
   summary    sequential uncached summary requests per period; median and p99
   wrk        parse a wrk output file into JSON
   report     build the markdown table from everything the run recorded
+  soak-report  the soak's table, one row per minute
+  memory     one scenario of run.sh --memory (concurrent large or gzip-bomb requests) against
+             one server process, watching its RSS; optionally a small client's single writes
+  memory-report  the memory scenarios' table
 
 Every measurement writes one JSON file; `report` reads them back. Every loop here is bounded
 by a count (files, requests) and every network call by a socket timeout.
@@ -548,6 +552,397 @@ def cmd_soak_report(args: argparse.Namespace) -> None:
     print(report)
 
 
+# --- memory -----------------------------------------------------------------------------------
+#
+# `memory` runs one scenario of `run.sh --memory` against one freshly started server process
+# (its pid is given): rounds of CONCURRENCY identical requests released at once by a barrier,
+# each on its own connection, while a watchdog reads the server's /proc/<pid>/status every
+# 10 ms and, optionally, a small client sends single writes at a fixed rate on connections of
+# its own. The watchdog kills the server (SIGKILL) if its RSS passes --guard-mb, so a server
+# without bounds cannot take the shared machine's memory; the result then says so.
+# `memory-report` turns the scenarios' JSON files into the table.
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+MAX_SINGLE_BYTES = 1024 * 1024
+MAX_TAGS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS = 32, 100, 500
+
+MEMORY_SCENARIOS = {  # labels, given the requests per round
+    "maximal": "{n} concurrent maximal batches (10,000 points × 32 tags)",
+    "ordinary": "{n} concurrent ordinary batches (10,000 points, gzip)",
+    "batch-bomb": "{n} concurrent gzip bombs of [1,1,…]",
+    "single-bomb": "{n} concurrent gzip bombs of {{\"value\":\"xxx…\"}}",
+}
+
+
+def _stamp(t: float) -> str:
+    """A fixed-width RFC 3339 UTC timestamp with milliseconds."""
+    second = int(t)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{int((t - second) * 1000):03d}Z"
+
+
+def maximal_batch_body(size: int) -> bytes:
+    """10,000 points of 32 tags each, exactly `size` bytes of JSON (`size` just under 16 MiB):
+    every field within the rules (keys 8 characters, values 35–58 of the allowed 500)."""
+    now = time.time()
+    keys = [f"label_{k:02d}" for k in range(MAX_TAGS)]
+
+    def point(i: int, extra: int, fill: int) -> str:
+        # Fixed width: timestamp, a value of 6 characters, each tag value 10 + fill characters.
+        values = [f"p{i:05d}-t{k:02d}" + "v" * fill for k in range(MAX_TAGS)]
+        values[-1] += "w" * extra
+        tags = ",".join(f'"{key}":"{value}"' for key, value in zip(keys, values))
+        return (f'{{"timestamp":"{_stamp(now - i)}","value":{10 + i % 90}.125,'
+                f'"type":"bench_memory","tags":{{{tags}}}}}')
+
+    frame = len('{"metrics":[]}') + (BATCH_POINTS - 1)  # the brackets and the commas
+    bare = len(point(0, 0, 0))
+    fill, rest = divmod(size - frame - BATCH_POINTS * bare, BATCH_POINTS * MAX_TAGS)
+    extra, more = divmod(rest, BATCH_POINTS)
+    items = [point(i, extra + (1 if i < more else 0), fill) for i in range(BATCH_POINTS)]
+    body = ('{"metrics":[' + ",".join(items) + "]}").encode()
+    if len(body) != size or size > MAX_BATCH_BYTES:
+        die(f"maximal batch body is {len(body)} bytes, wanted {size} (limit {MAX_BATCH_BYTES})")
+    longest = 10 + fill + extra + 1
+    if fill < 0 or longest > MAX_TAG_VALUE_CHARS or max(map(len, keys)) > MAX_TAG_KEY_CHARS:
+        die(f"maximal batch: tag values of {longest} characters break the rules")
+    return body
+
+
+def ordinary_batch_body() -> bytes:
+    """10,000 points of one type with one tag (~1 MB of JSON), like the full run's batches."""
+    now = time.time()
+    items = [f'{{"timestamp":"{_stamp(now - i)}","value":{10 + i % 90}.125,'
+             f'"type":"bench_memory_ordinary","tags":{{"host":"bench-1"}}}}'
+             for i in range(BATCH_POINTS)]
+    return ('{"metrics":[' + ",".join(items) + "]}").encode()
+
+
+def batch_bomb_body(size: int) -> bytes:
+    """`{"metrics":[1,1,1,...]}` of exactly `size` bytes (odd, so the ones and commas fit)."""
+    size -= (size - len('{"metrics":[1]}')) % 2
+    ones = (size - len('{"metrics":[1]}')) // 2
+    return b'{"metrics":[' + b"1," * ones + b"1]}"
+
+
+def single_bomb_body(size: int) -> bytes:
+    """`{"value":"xxx..."}` of exactly `size` bytes: far past the single write's 1 MiB."""
+    return b'{"value":"' + b"x" * (size - len('{"value":""}')) + b'"}'
+
+
+def read_status_kb(pid: int) -> dict[str, int] | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(rest.split()[0])
+    return found if len(found) == 2 else None
+
+
+def _outcome(error: BaseException) -> str:
+    return f"error: {type(error).__name__}"
+
+
+def _post(host: str, port: int, path: str, body: bytes, headers: dict, timeout: float,
+          barrier: threading.Barrier | None = None) -> tuple[str, float]:
+    """One request on its own connection: ("STATUS" or "STATUS CODE" for an error body with a
+    code, or "error: ..." without a response; seconds from sending)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    began = time.perf_counter()
+    try:
+        if barrier is not None:
+            conn.connect()
+            barrier.wait(timeout=timeout)
+            began = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        elapsed = time.perf_counter() - began
+        outcome = str(response.status)
+        if response.status >= 400:
+            try:
+                code = json.loads(payload).get("code")
+            except (ValueError, AttributeError):
+                code = None
+            if isinstance(code, str) and re.fullmatch(r"[A-Z_]{1,40}", code):
+                outcome += f" {code}"
+        return outcome, elapsed
+    except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as error:
+        return _outcome(error), time.perf_counter() - began
+    finally:
+        conn.close()
+
+
+def _count(outcomes: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def cmd_memory(args: argparse.Namespace) -> None:
+    if args.host != "127.0.0.1":
+        die("the memory scenarios target 127.0.0.1 only")
+    # Bodies first, before the idle reading and any timing.
+    json_headers = {"Content-Type": "application/json"}
+    gzip_headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    if args.scenario == "maximal":
+        inflated = maximal_batch_body(MAX_BATCH_BYTES - 1024)
+        path, body, headers, expect = "/api/metrics/batch", inflated, json_headers, "201"
+    elif args.scenario == "ordinary":
+        inflated = ordinary_batch_body()
+        body = gzip.compress(inflated, compresslevel=6, mtime=0)
+        path, headers, expect = "/api/metrics/batch", gzip_headers, "201"
+    elif args.scenario == "batch-bomb":
+        inflated = batch_bomb_body(MAX_BATCH_BYTES - 1024)
+        body = gzip.compress(inflated, compresslevel=9, mtime=0)
+        path, headers, expect = "/api/metrics/batch", gzip_headers, "413"
+    else:
+        inflated = single_bomb_body(MAX_BATCH_BYTES - 1024)
+        body = gzip.compress(inflated, compresslevel=9, mtime=0)
+        path, headers, expect = "/api/metrics", gzip_headers, "413"
+    inflated_bytes = len(inflated)
+    del inflated
+
+    load_before = os.getloadavg()[0]
+    idle = read_status_kb(args.pid)
+    if idle is None:
+        die(f"server process {args.pid} is gone before the scenario")
+
+    # Watchdog: peak RSS as seen every 10 ms, and the guard.
+    stop = threading.Event()
+    watch = {"max_rss_kb": idle["VmRSS"], "hwm_kb": idle["VmHWM"], "guard_tripped": False,
+             "gone": False}
+
+    def watchdog() -> None:
+        guard_kb = args.guard_mb * 1024
+        deadline = time.monotonic() + args.max_seconds + args.timeout + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            status = read_status_kb(args.pid)
+            if status is None:
+                watch["gone"] = True
+                return
+            watch["max_rss_kb"] = max(watch["max_rss_kb"], status["VmRSS"])
+            watch["hwm_kb"] = max(watch["hwm_kb"], status["VmHWM"])
+            if status["VmRSS"] > guard_kb:
+                watch["guard_tripped"] = True
+                os.kill(args.pid, 9)
+                print(f"memory {args.scenario}: RSS {status['VmRSS'] / 1024:.0f} MB passed the "
+                      f"guard ({args.guard_mb} MB): server killed", file=sys.stderr)
+                return
+            time.sleep(0.01)
+
+    # The small client: single writes at a fixed rate, each on its own connection and thread,
+    # so a slow answer delays no other (open loop); it stops when the load stops.
+    load_done = threading.Event()
+    probe_outcomes: list[tuple[str, float]] = []
+    probe_lock = threading.Lock()
+    probe_sent = [0]
+
+    def probe_one(n: int) -> None:
+        point = json.dumps({"timestamp": _stamp(time.time()), "value": 1.5 + n,
+                            "type": "bench_memory_probe", "tags": {"client": "small"}}).encode()
+        result = _post(args.host, args.port, "/api/metrics", point, json_headers, args.timeout)
+        with probe_lock:
+            probe_outcomes.append(result)
+
+    def probe() -> None:
+        threads = []
+        began = time.monotonic()
+        for n in range(args.probe_requests):
+            due = began + n / args.probe_rate
+            while not load_done.is_set() and time.monotonic() < due:
+                time.sleep(min(0.005, max(0.0, due - time.monotonic())))
+            if load_done.is_set():
+                break
+            thread = threading.Thread(target=probe_one, args=(n,), daemon=True)
+            thread.start()
+            threads.append(thread)
+            probe_sent[0] = n + 1
+        for thread in threads:
+            thread.join(timeout=args.timeout + 5)
+
+    watcher = threading.Thread(target=watchdog, daemon=True)
+    watcher.start()
+    prober = None
+    if args.probe_requests > 0:
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+
+    outcomes: list[str] = []
+    latencies: list[float] = []
+    rounds: list[dict] = []
+    began = time.monotonic()
+    # At least --rounds rounds; more while the small client is still sending (so its every
+    # request meets the load), up to --max-rounds and --max-seconds.
+    while len(rounds) < args.max_rounds:
+        probing = prober is not None and probe_sent[0] < args.probe_requests
+        if len(rounds) >= args.rounds and not probing:
+            break
+        if time.monotonic() - began > args.max_seconds or watch["guard_tripped"] or watch["gone"]:
+            break
+        results: list[tuple[str, float]] = [("error: not sent", 0.0)] * args.concurrency
+        released = [0.0]
+        barrier = threading.Barrier(args.concurrency,
+                                    action=lambda: released.__setitem__(0, time.perf_counter()))
+
+        def send(k: int) -> None:
+            results[k] = _post(args.host, args.port, path, body, headers, args.timeout, barrier)
+
+        threads = [threading.Thread(target=send, args=(k,), daemon=True)
+                   for k in range(args.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=args.timeout * 2 + 10)
+        ended = time.perf_counter()
+        wall = ended - released[0] if released[0] else float("nan")
+        statuses = [s for s, _ in results]
+        outcomes += statuses
+        latencies += [t for _, t in results]
+        rounds.append({"seconds": wall, "statuses": _count(statuses)})
+        print(f"memory {args.scenario}: round {len(rounds)}: {args.concurrency} requests in "
+              f"{wall:.2f} s, {_count(statuses)}, peak RSS so far {watch['hwm_kb'] / 1024:.1f} MB",
+              file=sys.stderr)
+    load_done.set()
+    load_seconds = time.monotonic() - began
+    if prober is not None:
+        prober.join(timeout=args.timeout + 10)
+    # Let the watchdog take a last look, then read the high-water mark itself.
+    time.sleep(0.1)
+    stop.set()
+    watcher.join(timeout=5)
+    final = read_status_kb(args.pid)
+    if final is not None:
+        watch["hwm_kb"] = max(watch["hwm_kb"], final["VmHWM"])
+        watch["max_rss_kb"] = max(watch["max_rss_kb"], final["VmRSS"])
+
+    result = {
+        "scenario": args.scenario,
+        "label": MEMORY_SCENARIOS[args.scenario].format(n=args.concurrency),
+        "path": path,
+        "gzip": "Content-Encoding" in headers,
+        "body_bytes": len(body),
+        "inflated_bytes": inflated_bytes,
+        "concurrency": args.concurrency,
+        "rounds": rounds,
+        "requests": len(outcomes),
+        "statuses": _count(outcomes),
+        "expected_status": expect,
+        "load_seconds": load_seconds,
+        "request_seconds_max": max(latencies) if latencies else None,
+        "idle_rss_kb": idle["VmRSS"],
+        "idle_hwm_kb": idle["VmHWM"],
+        "peak_hwm_kb": watch["hwm_kb"],
+        "max_rss_seen_kb": watch["max_rss_kb"],
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
+        "guard_mb": args.guard_mb,
+        "guard_tripped": watch["guard_tripped"],
+        "server_gone": final is None,
+    }
+    if prober is not None:
+        times = sorted(t * 1000 for s, t in probe_outcomes)
+        result["probe"] = {
+            "rate": args.probe_rate,
+            "requests": len(probe_outcomes),
+            "statuses": _count([s for s, _ in probe_outcomes]),
+            **({"p50_ms": statistics.median(times), "p99_ms": nearest_rank(times, 0.99),
+                "max_ms": times[-1]} if times else {}),
+        }
+    Path(args.result).write_text(json.dumps(result, indent=1))
+    summary = (f"memory {args.scenario}: {len(outcomes)} requests {result['statuses']}, "
+               f"idle RSS {idle['VmRSS'] / 1024:.1f} MB, peak RSS (VmHWM) {watch['hwm_kb'] / 1024:.1f} MB")
+    if "probe" in result:
+        p = result["probe"]
+        summary += (f"; small client {p['requests']} writes {p['statuses']}"
+                    + (f", p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms" if "p99_ms" in p else ""))
+    print(summary)
+
+
+def _statuses_text(statuses: dict[str, int]) -> str:
+    return ", ".join(f"{n} × {s}" for s, n in statuses.items()) or "none"
+
+
+def cmd_memory_report(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    facts = read_facts(work / "facts.tsv")
+    target_mb = 100.0
+    rows = []
+    failed = []
+    loads = []
+    for scenario in MEMORY_SCENARIOS:
+        path = work / f"memory-{scenario}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        peak_mb = r["peak_hwm_kb"] / 1024
+        expected = r["expected_status"]
+        clean = all(s.split()[0] == expected for s in r["statuses"]) and not r["guard_tripped"]
+        ok = peak_mb < target_mb and clean
+        if not ok:
+            failed.append(r["label"])
+        peak = f"{peak_mb:.1f}"
+        if r["guard_tripped"]:
+            peak = f"> {r['guard_mb']} (killed by the guard at {r['max_rss_seen_kb'] / 1024:.0f} MB RSS)"
+        elif r["server_gone"]:
+            peak = f"≥ {peak_mb:.1f} (server exited)"
+        body = (f"{r['body_bytes']:,} B gzip → {r['inflated_bytes']:,} B" if r["gzip"]
+                else f"{r['body_bytes']:,} B")
+        walls = [x["seconds"] for x in r["rounds"]]
+        wall = (f"{statistics.median(walls):.2f} s median, {max(walls):.2f} s max" if walls else "—")
+        n_rounds = len(r["rounds"])
+        scenario_text = (f"{r['label']} (`{r['path']}`, {body}; "
+                         f"{n_rounds} round{'s' if n_rounds != 1 else ''} of {r['concurrency']})")
+        statuses = _statuses_text(r["statuses"]) + ("" if clean else f" (expected all {expected})")
+        probe = "—"
+        if "probe" in r:
+            p = r["probe"]
+            probe = (f"p99 {p['p99_ms']:.0f} ms (p50 {p['p50_ms']:.0f} ms; {_statuses_text(p['statuses'])})"
+                     if "p99_ms" in p else f"no requests ({_statuses_text(p['statuses'])})")
+        mark = "✓" if peak_mb < target_mb and not r["guard_tripped"] else "✗"
+        rows.append((scenario_text, f"{r['requests']:,}", statuses, wall,
+                     f"{r['idle_rss_kb'] / 1024:.1f}", peak, mark, probe))
+        loads.append(f"{r['label'].split(' (')[0]}: {r['loadavg_before']:.1f} → {r['loadavg_after']:.1f}")
+    if not rows:
+        die("no memory scenario results found")
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        f"#### Memory, {facts['started']} UTC",
+        "",
+        f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, kernel {facts['kernel']}; "
+        f"PostgreSQL {facts['pg_version']}, Redis {facts['redis_version']}; Python {facts['python_version']}; "
+        f"server {facts['binary']}, {facts['source']}; took {facts.get('elapsed', '?')}.",
+        f"Each scenario against a freshly started server process; peak RSS is its VmHWM "
+        f"(start-up included), idle RSS its VmRSS just before the scenario. "
+        f"{facts.get('memory_settings', '')}",
+        "",
+        "| scenario | requests | statuses | wall time per round | idle RSS MB | peak RSS MB | < 100 MB | small client (single writes) |",
+        "|---|---|---|---|---|---|---|---|",
+        *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows),
+        "",
+        f"Machine load (1-minute load average before → after each scenario, {facts['nproc']} CPUs): "
+        + "; ".join(loads) + ".",
+        "",
+        f"Logs (RUST_LOG=warn): {facts.get('log_lines', '?')}",
+        "",
+        f"Overall: {'all scenarios under 100 MB with the expected statuses' if not failed else 'FAILED: ' + '; '.join(failed)}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    print(f"(written to {args.out})")
+    if failed and args.strict:
+        sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -604,6 +999,28 @@ def main() -> None:
     p.add_argument("--minutes", type=int, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_soak_report)
+
+    p = sub.add_parser("memory")
+    p.add_argument("--scenario", choices=tuple(MEMORY_SCENARIOS), required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pid", type=int, required=True, help="the server process to watch")
+    p.add_argument("--concurrency", type=int, required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-rounds", type=int, default=30)
+    p.add_argument("--max-seconds", type=float, default=180.0)
+    p.add_argument("--probe-requests", type=int, default=0)
+    p.add_argument("--probe-rate", type=float, default=20.0)
+    p.add_argument("--guard-mb", type=int, default=3072)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--result", required=True)
+    p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("memory-report")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_memory_report)
 
     args = parser.parse_args()
     args.func(args)

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark harness for the figures of issue 4 (docs/benchmarks.md explains each one).
 #
-#   bench/run.sh [--quick | --points N | --soak MINUTES] [--strict] [--keep-work]
+#   bench/run.sh [--quick | --points N | --soak MINUTES | --memory] [--strict] [--keep-work]
 #
 #   --points N    points of batch data (default 10,000,000)
 #   --quick       N = 200,000 (a few minutes; for checking the harness, not for the record)
 #   --soak M      instead of the figures: measure the maximum single-write rate, then hold half
 #                 of it for M minutes (oha, fixed rate) and report RSS and latency per minute
-#   --strict      exit 2 when a target is missed (default: report only)
+#   --memory      instead of the figures: peak RSS (VmHWM) under concurrent large requests, four
+#                 scenarios, each against a freshly started server: 16 maximal batches (10,000
+#                 points of 32 tags, just under 16 MiB), 16 ordinary batches (~1 MB, gzip), 64
+#                 gzip bombs to /api/metrics/batch (16 KB inflating to ~16 MiB of [1,1,...])
+#                 and 64 to /api/metrics (inflating far past 1 MiB); during the first and third a
+#                 small client sends single writes and its p50/p99 is reported; target < 100 MB;
+#                 report in bench/results/memory-<UTC time>.md (a few minutes)
+#   --strict      exit 2 when a target is missed (default: report only; also for --memory)
 #   --keep-work   keep the temporary directory (data, logs, raw wrk output)
 #
 # What it does, on one machine, against 127.0.0.1 only: starts PostgreSQL (default durability)
@@ -35,6 +42,15 @@
 #   BENCH_SUMMARY_REQUESTS  measured summary requests per period, default 50 (after 3 warm-up)
 #   BENCH_PG_SETTINGS       PostgreSQL flags, default "-c shared_buffers=1GB -c max_wal_size=4GB"
 #   TMPDIR                  where the temporary directory goes (10 M points take ~1 GB there)
+# For --memory (all optional):
+#   BENCH_MEMORY_ROUNDS     rounds per scenario, each all its requests at once, default 3 (more
+#                           while the small client is still sending, at most 30 and ~3 minutes)
+#   BENCH_MEMORY_BATCHES / BENCH_MEMORY_BOMBS
+#                           requests per round, default 16 / 64
+#   BENCH_MEMORY_PROBE_REQUESTS / BENCH_MEMORY_PROBE_RATE
+#                           the small client's single writes, at most 200, at 20 per second
+#   BENCH_MEMORY_GUARD_MB   kill the server (and report it) when its RSS passes this, default 3072,
+#                           so an unbounded server cannot take the shared machine's memory
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,6 +60,7 @@ BENCH_PY=$BENCH_DIR/bench.py
 POINTS=10000000
 MODE="full run"
 SOAK_MINUTES=0
+MEMORY=0
 STRICT=0
 KEEP_WORK=0
 while [[ $# -gt 0 ]]; do
@@ -55,13 +72,15 @@ while [[ $# -gt 0 ]]; do
         --soak)
             [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 1 ]] || { echo "--soak needs whole minutes >= 1" >&2; exit 2; }
             SOAK_MINUTES=$2; MODE="soak run (--soak $2)"; shift 2 ;;
+        --memory) MEMORY=1; MODE="memory run (--memory)"; shift ;;
         --strict) STRICT=1; shift ;;
         --keep-work) KEEP_WORK=1; shift ;;
-        -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
 done
 [[ $POINTS -eq 10000000 && $MODE == "custom run" ]] && MODE="full run"
+[[ $MEMORY -eq 0 || $SOAK_MINUTES -eq 0 ]] || { echo "--memory and --soak are separate runs" >&2; exit 2; }
 
 PG_PORT=${BENCH_PG_PORT:-25432}
 REDIS_PORT=${BENCH_REDIS_PORT:-26379}
@@ -75,13 +94,29 @@ WRK_WARMUP=${BENCH_WRK_WARMUP:-3}
 BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-4}
 SUMMARY_REQUESTS=${BENCH_SUMMARY_REQUESTS:-50}
 SUMMARY_WARMUP=3
+MEMORY_ROUNDS=${BENCH_MEMORY_ROUNDS:-3}
+MEMORY_BATCHES=${BENCH_MEMORY_BATCHES:-16}
+MEMORY_BOMBS=${BENCH_MEMORY_BOMBS:-64}
+MEMORY_PROBE_REQUESTS=${BENCH_MEMORY_PROBE_REQUESTS:-200}
+MEMORY_PROBE_RATE=${BENCH_MEMORY_PROBE_RATE:-20}
+MEMORY_GUARD_MB=${BENCH_MEMORY_GUARD_MB:-3072}
+for value in "$MEMORY_ROUNDS" "$MEMORY_BATCHES" "$MEMORY_BOMBS" "$MEMORY_PROBE_REQUESTS" "$MEMORY_PROBE_RATE" "$MEMORY_GUARD_MB"; do
+    [[ $value =~ ^[0-9]+$ ]] || { echo "BENCH_MEMORY_* must be whole numbers (got $value)" >&2; exit 2; }
+done
+((MEMORY_ROUNDS >= 1 && MEMORY_ROUNDS <= 30 && MEMORY_BATCHES >= 1 && MEMORY_BATCHES <= 256 \
+    && MEMORY_BOMBS >= 1 && MEMORY_BOMBS <= 256 && MEMORY_PROBE_REQUESTS <= 1000 \
+    && MEMORY_PROBE_RATE >= 1 && MEMORY_GUARD_MB >= 200)) \
+    || { echo "BENCH_MEMORY_*: rounds 1-30, batches and bombs 1-256, probe requests <= 1000, rate >= 1, guard >= 200 MB" >&2; exit 2; }
 PG_IMAGE=${BENCH_POSTGRES_IMAGE:-resilient-analytics/postgres:15-offline}
 REDIS_IMAGE=${BENCH_REDIS_IMAGE:-resilient-analytics/redis:7-offline}
 read -r -a PG_SETTINGS <<<"${BENCH_PG_SETTINGS:--c shared_buffers=1GB -c max_wal_size=4GB}"
 METRIC_TYPE=bench_latency
 
 STARTED_UTC=$(date -u +%Y-%m-%dT%H:%M:%S)
-RESULT_FILE=$BENCH_DIR/results/$([[ $SOAK_MINUTES -gt 0 ]] && echo soak-)$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
+RESULT_PREFIX=
+[[ $SOAK_MINUTES -eq 0 ]] || RESULT_PREFIX=soak-
+[[ $MEMORY -eq 0 ]] || RESULT_PREFIX=memory-
+RESULT_FILE=$BENCH_DIR/results/$RESULT_PREFIX$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
 PG_NAME=ra-bench-postgres-$$
 REDIS_NAME=ra-bench-redis-$$
 WORK=
@@ -140,7 +175,7 @@ json_get() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sy
 
 ensure_tools() {
     local missing=()
-    command -v wrk >/dev/null || missing+=(wrk)
+    [[ $MEMORY -eq 1 ]] || command -v wrk >/dev/null || missing+=(wrk)
     command -v psql >/dev/null || missing+=(postgresql-client)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
@@ -366,7 +401,7 @@ record_machine() {
     fact pg_image "$PG_IMAGE"
     fact redis_version "$(docker exec "$REDIS_NAME" redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
     fact redis_image "$REDIS_IMAGE"
-    fact wrk_version "$({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')"
+    fact wrk_version "$({ command -v wrk >/dev/null && wrk -v 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')"
     fact rustc_version "$(rustc --version 2>/dev/null || echo 'rustc not installed')"
     fact psql_version "$(psql --version | awk '{ print $3 }')"
     fact python_version "$(python3 -c 'import platform; print(platform.python_version())')"
@@ -410,6 +445,62 @@ soak_run() {
     python3 "$BENCH_PY" soak-report --work "$WORK" --minutes "$SOAK_MINUTES" --out "$RESULT_FILE"
 }
 
+# stop_server PID: SIGTERM, then SIGKILL after 10 s; reaped and forgotten, so the cleanup never
+# signals a pid that a later, unrelated process may have been given.
+stop_server() {
+    local pid=$1 kept=() p
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+
+# memory_scenario NAME CONCURRENCY PROBE_REQUESTS: a fresh server, the scenario (bench.py
+# memory, which reads its /proc status throughout), the server stopped again.
+memory_scenario() {
+    local name=$1 concurrency=$2 probe=$3 log_name=memory-$1
+    log "memory scenario $name: starting a fresh server on 127.0.0.1:$APP_PORT"
+    start_server "$log_name" "$APP_PORT" "redis://$REDIS_ADDR:6379/0"
+    local pid=$SERVER_PID
+    wait_for "the server to be healthy" 120 health_is "$APP_PORT" "$pid" healthy
+    sleep 1 # idle: past start-up and the first health checks
+    log "memory scenario $name: $concurrency concurrent requests per round, at least $MEMORY_ROUNDS rounds$([[ $probe -gt 0 ]] && echo ", a small client sending up to $probe single writes at $MEMORY_PROBE_RATE/s")"
+    python3 "$BENCH_PY" memory --scenario "$name" --port "$APP_PORT" --pid "$pid" \
+        --concurrency "$concurrency" --rounds "$MEMORY_ROUNDS" --probe-requests "$probe" \
+        --probe-rate "$MEMORY_PROBE_RATE" --guard-mb "$MEMORY_GUARD_MB" \
+        --result "$WORK/memory-$name.json" \
+        || { stop_server "$pid"; die "memory scenario $name failed (server log: $WORK/$log_name.log)"; }
+    stop_server "$pid"
+    MEMORY_LOGS+="$name: $(log_summary "$WORK/$log_name.log"); "
+}
+
+memory_run() {
+    start_containers
+    record_machine
+    fact memory_settings "Rounds: at least $MEMORY_ROUNDS per scenario, all of a round's requests released at once (each on its own connection), more rounds while the small client is still sending. Small client (scenarios 1 and 3): up to $MEMORY_PROBE_REQUESTS single POST /api/metrics writes at $MEMORY_PROBE_RATE/s, each on its own connection (open loop), until the load ends; latency from sending to the response. Guard: the server is killed if its RSS passes $MEMORY_GUARD_MB MB. Servers: RATE_LIMIT_REQUESTS=100000000 per 60 s (limiter in the path, never hit), RUST_LOG=warn."
+    MEMORY_LOGS=
+    memory_scenario maximal "$MEMORY_BATCHES" "$MEMORY_PROBE_REQUESTS"
+    memory_scenario ordinary "$MEMORY_BATCHES" 0
+    memory_scenario batch-bomb "$MEMORY_BOMBS" "$MEMORY_PROBE_REQUESTS"
+    memory_scenario single-bomb "$MEMORY_BOMBS" 0
+    fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
+    fact log_lines "${MEMORY_LOGS%; }"
+    mkdir -p "$BENCH_DIR/results"
+    local report_args=(--work "$WORK" --out "$RESULT_FILE") report_rc=0
+    [[ $STRICT -eq 0 ]] || report_args+=(--strict)
+    python3 "$BENCH_PY" memory-report "${report_args[@]}" || report_rc=$?
+    case $report_rc in
+        0) ;;
+        2) echo "bench: targets missed (--strict); see $RESULT_FILE" >&2; exit 2 ;;
+        *) die "the memory report failed (exit $report_rc)" ;;
+    esac
+}
+
 # --- main -------------------------------------------------------------------------------------
 
 ensure_tools
@@ -421,6 +512,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ra-bench.XXXXXX")
 if [[ $SOAK_MINUTES -gt 0 ]]; then
     log "work directory $WORK; $MODE"
     soak_run
+    exit 0
+fi
+if [[ $MEMORY -eq 1 ]]; then
+    log "work directory $WORK; $MODE"
+    memory_run
     exit 0
 fi
 log "work directory $WORK; N = $POINTS points ($MODE)"
