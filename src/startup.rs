@@ -175,19 +175,7 @@ impl Application {
             ));
         }
         drop(self.listener);
-        tracing::info!("no longer accepting connections; finishing in-flight requests");
-        let grace = async {
-            // A request already sent on an accepted connection may not have been read yet;
-            // telling connections to close at once would drop it unanswered.
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
-            // Fails only when no connection is left to tell.
-            let _ = stop.send(());
-            stop.closed().await;
-        };
-        match tokio::time::timeout(self.timeouts.shutdown_grace, grace).await {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
-        }
+        finish_connections(stop, self.timeouts.shutdown_grace).await;
         // Maintenance is transactional: stopping it mid-way rolls its work back, to be
         // redone by the next start.
         for task in &self.background {
@@ -311,6 +299,23 @@ impl<C: Clock> Drop for RequestInFlight<C> {
         if state.in_flight == 0 {
             state.idle_since = now;
         }
+    }
+}
+
+/// Lets in-flight requests finish within `grace`, then asks every connection to close.
+async fn finish_connections(stop: watch::Sender<()>, grace: Duration) {
+    tracing::info!("no longer accepting connections; finishing in-flight requests");
+    let drained = async {
+        // A request already sent on an accepted connection may not have been read yet;
+        // telling connections to close at once would drop it unanswered.
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        // Fails only when no connection is left to tell.
+        let _ = stop.send(());
+        stop.closed().await;
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
 }
 

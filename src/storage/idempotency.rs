@@ -99,27 +99,7 @@ impl Storage {
                     request: request.clone(),
                     stored: Vec::new(),
                 })),
-                Ok(None) => {
-                    let first = sqlx::query!(
-                        // language=PostgreSQL
-                        r#"
-                        select request_fingerprint, response_status, response_body
-                        from idempotency_keys where scope = $1 and key = $2
-                        "#,
-                        request.scope,
-                        request.key.as_str(),
-                    )
-                    .fetch_one(&mut *transaction)
-                    .await?;
-                    Ok(if first.request_fingerprint == request.fingerprint {
-                        Claim::Replay(StoredResponse {
-                            status: first.response_status as u16,
-                            body: first.response_body,
-                        })
-                    } else {
-                        Claim::Reused
-                    })
-                }
+                Ok(None) => first_response(&mut transaction, request).await,
             }
         };
         self.run(claim).await
@@ -161,6 +141,33 @@ impl Storage {
         .execute(&self.pool);
         Ok(self.run(deleted).await?.rows_affected())
     }
+}
+
+/// What a key used before answers a repeat of its request: the first response, or a refusal
+/// when the repeat is another request.
+async fn first_response(
+    transaction: &mut Transaction<'static, Postgres>,
+    request: &KeyedRequest,
+) -> Result<Claim, sqlx::Error> {
+    let first = sqlx::query!(
+        // language=PostgreSQL
+        r#"
+        select request_fingerprint, response_status, response_body
+        from idempotency_keys where scope = $1 and key = $2
+        "#,
+        request.scope,
+        request.key.as_str(),
+    )
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(if first.request_fingerprint == request.fingerprint {
+        Claim::Replay(StoredResponse {
+            status: first.response_status as u16,
+            body: first.response_body,
+        })
+    } else {
+        Claim::Reused
+    })
 }
 
 impl KeyedTransaction {
