@@ -30,27 +30,32 @@ use super::{
     decode::{DecodeError, MAX_BATCH_POINTS},
     error::{ApiError, caused_by},
 };
-use crate::idempotency::Fingerprinter;
+use crate::{idempotency::Fingerprinter, storage::MAX_STATEMENT_BYTES};
 
 /// Bodies up to this size, uncompressed and of known length, are decoded where they arrive.
 const INLINE_BODY_BYTES: usize = 64 * 1024;
 /// Memory for inline bodies, over all requests.
 const INLINE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// Memory for streamed bodies and what is decoded from them, over all requests: room for
-/// one maximal batch (16 MiB of points held as in [`held_by_point`]) and its working set.
-const STREAMED_BUDGET_BYTES: usize = 56 * 1024 * 1024;
-/// What a streamed decode holds whatever its body: the largest point of a batch being read,
-/// the inflater's window, the read buffers, the frames in flight, and the errors of up to
-/// 10,000 rejected points.
-const STREAM_WORKING_BYTES: usize =
-    MAX_POINT_BYTES + 256 * 1024 + MAX_BATCH_POINTS * REJECTED_POINT_BYTES;
+/// one maximal batch (16 MiB of points held as in [`held_by_point`]) and its working set,
+/// and a little more.
+const STREAMED_BUDGET_BYTES: usize = 48 * 1024 * 1024;
+/// What a streamed body holds whatever its size: the largest point of a batch being read,
+/// the inflater's window, the read buffers, the frames in flight, the errors of up to 10,000
+/// rejected points, and one insert statement's arguments and write buffer (each at most
+/// twice a statement's points, as vectors grow by doubling).
+const STREAM_WORKING_BYTES: usize = MAX_POINT_BYTES
+    + 256 * 1024
+    + MAX_BATCH_POINTS * REJECTED_POINT_BYTES
+    + 4 * MAX_STATEMENT_BYTES;
 /// What a rejected point's errors hold, about.
 const REJECTED_POINT_BYTES: usize = 200;
 /// The shortest JSON a valid point can be written in, about:
 /// `{"timestamp":"1970-01-01 00:00:00","value":0,"type":"a"}`.
 const MIN_POINT_JSON_BYTES: usize = 50;
-/// A gzip body of JSON inflates at least this much: its reservation up front.
-const GZIP_RATIO_AT_LEAST: usize = 4;
+/// What a gzip body's reservation up front takes it to inflate to, times its length. Metric
+/// JSON compresses 10 to 40 times; a body that inflates more grows its reservation as it goes.
+const GZIP_RATIO_EXPECTED: usize = 16;
 /// One point of a batch, as JSON, at most: what one element may hold while it is decoded.
 pub(super) const MAX_POINT_BYTES: usize = 1024 * 1024;
 /// Budgets count in KiB, so that any reservation fits a semaphore's permit count.
@@ -91,11 +96,12 @@ fn units(bytes: usize) -> usize {
     bytes.div_ceil(BUDGET_UNIT)
 }
 
-/// What a valid point decoded from `json_len` bytes holds until the answer: its strings and
-/// map nodes, their copy as JSON for the insert and its encoding in the statement (about
-/// three times its text), and the struct and allocations around them.
+/// What a valid point decoded from `json_len` bytes holds until the answer: its strings (at
+/// most its text's worth, and as much again for the allocator's rounding and the points'
+/// vector growing by doubling) and the struct around them. Its encoding for the insert is in
+/// the working set: statements are of bounded size.
 pub(super) fn held_by_point(json_len: usize) -> usize {
-    json_len * 3 + 256
+    json_len * 2 + 256
 }
 
 /// The most that the points of `json_len` bytes of JSON can hold: what the decoder will be
@@ -256,7 +262,7 @@ where
             // What it will hold at least: the working set, and what its body's length says.
             let expected = match (gzipped, length) {
                 (false, Some(length)) => length,
-                (true, Some(length)) => length * GZIP_RATIO_AT_LEAST,
+                (true, Some(length)) => length * GZIP_RATIO_EXPECTED,
                 (_, None) => 0,
             };
             let meter = Meter::reserve(

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::body::{Meter, held_by_point};
 
 use crate::metric::{
-    FieldError, MAX_TAGS, MetricPoint, RejectedPoint, check_tag, check_value, collect,
+    FieldError, MAX_TAGS, MetricPoint, RejectedPoint, Tags, check_tag, check_value, collect,
     parse_timestamp,
 };
 
@@ -116,16 +116,17 @@ impl<'de> Deserialize<'de> for RawTags<'de> {
     }
 }
 
-fn tags(raw: Option<&RawValue>) -> Result<BTreeMap<String, String>, String> {
+fn tags(raw: Option<&RawValue>) -> Result<Tags, String> {
     let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
-        return Ok(BTreeMap::new());
+        return Ok(Tags::default());
     };
     let tags: RawTags = serde_json::from_str(raw.get())
         .map_err(|_| "must be an object of string to string".to_owned())?;
     if tags.too_many {
         return Err(format!("must have at most {MAX_TAGS} pairs"));
     }
-    tags.pairs
+    let pairs = tags
+        .pairs
         .into_iter()
         .map(|(key, raw)| {
             let value = serde_json::from_str::<String>(raw.get())
@@ -133,7 +134,8 @@ fn tags(raw: Option<&RawValue>) -> Result<BTreeMap<String, String>, String> {
             check_tag(&key, &value)?;
             Ok((key, value))
         })
-        .collect()
+        .collect::<Result<BTreeMap<_, _>, String>>()?;
+    Ok(Tags::from_checked(&pairs))
 }
 
 /// Decodes one point from valid JSON text, reporting every offending field.
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(point.timestamp.to_rfc3339(), "2026-01-01T10:00:00+00:00");
         assert_eq!(point.value, 42.0);
         assert_eq!(point.metric_type.as_str(), "cpu_usage");
-        assert_eq!(point.tags["host"], "web-1");
+        assert_eq!(point.tags.as_json(), r#"{"host":"web-1"}"#);
     }
 
     #[test]
@@ -389,8 +391,13 @@ mod tests {
         assert!(with_tags(json!({"k": 1e300})).is_err());
         assert!(with_tags(json!({"": "v"})).is_err());
         assert!(with_tags(json!({"k": "x".repeat(501)})).is_err());
-        assert_eq!(with_tags(json!(null)).unwrap().tags.len(), 0);
-        assert_eq!(with_tags(json!({"a": "b"})).unwrap().tags["a"], "b");
+        assert_eq!(with_tags(json!(null)).unwrap().tags, Tags::default());
+        // Duplicate keys: the last one counts, as in PostgreSQL's jsonb.
+        let duplicate = point(
+            r#"{"timestamp": "2026-01-01T00:00:00Z", "type": "t", "value": 1,
+                "tags": {"b": "2", "a": "x", "a": "1"}}"#,
+        );
+        assert_eq!(duplicate.unwrap().tags.as_json(), r#"{"a":"1","b":"2"}"#);
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl KeyedTransaction {
     pub async fn insert(&mut self, points: &[MetricPoint]) -> Result<Vec<Stored>, StorageError> {
         let stored = self
             .storage
-            .run(insert_points(&mut *self.transaction, points))
+            .run(insert_points(&mut self.transaction, points))
             .await?;
         self.stored.extend_from_slice(&stored);
         Ok(stored)

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, types::Json};
+use sqlx::{PgConnection, PgExecutor, types::Json};
 
 use super::{Storage, StorageError};
 use crate::{
@@ -79,7 +79,15 @@ impl Storage {
         &self,
         points: &[MetricPoint],
     ) -> Result<Vec<Stored>, StorageError> {
-        let stored = self.run(insert_points(&self.pool, points)).await?;
+        let stored = if statements(points).nth(1).is_none() {
+            self.run(insert_statement(&self.pool, points)).await?
+        } else {
+            // Several statements: one transaction, so the points commit together.
+            let mut transaction = self.run(self.pool.begin()).await?;
+            let stored = self.run(insert_points(&mut transaction, points)).await?;
+            self.run(transaction.commit()).await?;
+            stored
+        };
         count_ingested(&stored);
         Ok(stored)
     }
@@ -123,8 +131,49 @@ pub(super) fn count_ingested(stored: &[Stored]) {
     ::metrics::counter!("metric_points_ingested_total").increment(stored.len() as u64);
 }
 
+/// Bytes of points per insert statement, about, at most: a statement's arguments and the
+/// connection's write buffer hold them once each, so this bounds what an insert holds beyond
+/// the points themselves, whatever the batch's size.
+pub const MAX_STATEMENT_BYTES: usize = 512 * 1024;
+
+/// The points, split into runs of at most [`MAX_STATEMENT_BYTES`] (and at least one point).
+fn statements(points: &[MetricPoint]) -> impl Iterator<Item = &[MetricPoint]> {
+    let mut rest = points;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let end = rest
+            .iter()
+            .position(|point| {
+                // Type and tags as text, and the fixed-size columns.
+                bytes += point.metric_type.as_str().len() + point.tags.as_json().len() + 32;
+                bytes > MAX_STATEMENT_BYTES
+            })
+            .unwrap_or(rest.len())
+            .max(1);
+        let (run, remaining) = rest.split_at(end);
+        rest = remaining;
+        Some(run)
+    })
+}
+
+/// Inserts the points on `connection`, in as many statements as their size needs (the
+/// caller's transaction makes them one); the result is in their order.
+pub(super) async fn insert_points(
+    connection: &mut PgConnection,
+    points: &[MetricPoint],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let mut stored = Vec::with_capacity(points.len());
+    for run in statements(points) {
+        stored.extend(insert_statement(&mut *connection, run).await?);
+    }
+    Ok(stored)
+}
+
 /// Inserts the points and their rollup deltas in one statement; the result is in their order.
-pub(super) async fn insert_points<'e>(
+async fn insert_statement<'e>(
     executor: impl PgExecutor<'e>,
     points: &[MetricPoint],
 ) -> Result<Vec<Stored>, sqlx::Error> {
@@ -136,7 +185,7 @@ pub(super) async fn insert_points<'e>(
         types.push(point.metric_type.as_str());
         values.push(point.value);
         recorded.push(point.timestamp);
-        tags.push(serde_json::to_value(&point.tags).expect("string maps serialise"));
+        tags.push(point.tags.as_json());
     }
     let deltas = MinuteDeltas::of(points);
     // The same statement appends the batch's per-minute aggregates (computed here, where
@@ -148,7 +197,7 @@ pub(super) async fn insert_points<'e>(
         r#"
         with inserted as (
             insert into metrics (metric_type, value, recorded_at, tags)
-            select * from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::jsonb[])
+            select t, v, r, g::jsonb from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::text[]) as u (t, v, r, g)
             returning id, ingested_at
         ),
         positions as (
@@ -170,7 +219,7 @@ pub(super) async fn insert_points<'e>(
         &types as &[&str],
         &values,
         &recorded,
-        &tags,
+        &tags as &[&str],
         &deltas.types as &[&str],
         &deltas.minutes,
         &deltas.counts,
@@ -194,4 +243,39 @@ pub(super) async fn insert_points<'e>(
             received_at: row.ingested_at,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metric::Tags;
+
+    fn point(tag_bytes: usize) -> MetricPoint {
+        let tags = BTreeMap::from([("k".to_owned(), "v".repeat(tag_bytes))]);
+        MetricPoint {
+            timestamp: DateTime::UNIX_EPOCH,
+            value: 1.0,
+            metric_type: "t".parse().unwrap(),
+            tags: Tags::from_checked(&tags),
+        }
+    }
+
+    #[test]
+    fn statements_are_bounded_in_bytes_and_cover_every_point_in_order() {
+        let points: Vec<MetricPoint> = (0..10).map(|_| point(200 * 1024)).collect();
+        let runs: Vec<&[MetricPoint]> = statements(&points).collect();
+        assert_eq!(
+            runs.iter().map(|run| run.len()).collect::<Vec<_>>(),
+            [2, 2, 2, 2, 2]
+        );
+        // A point larger than a statement still goes, alone.
+        let huge = [point(MAX_STATEMENT_BYTES * 2), point(10)];
+        assert_eq!(
+            statements(&huge).map(<[_]>::len).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        let small: Vec<MetricPoint> = (0..1000).map(|_| point(10)).collect();
+        assert_eq!(statements(&small).count(), 1);
+        assert_eq!(statements(&[]).count(), 0);
+    }
 }

@@ -20,7 +20,7 @@ use sqlx::{
 };
 
 pub use idempotency::{Claim, KeyedTransaction, StoredResponse};
-pub use metrics::Stored;
+pub use metrics::{MAX_STATEMENT_BYTES, Stored};
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -153,6 +153,14 @@ impl Storage {
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection's buffers grow to the largest message it sent or read (a 16 MiB
+            // batch) and keep that size: 20 of them would hold hundreds of MB for nothing.
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Connection::shrink_buffers(connection);
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self {
             pool,
