@@ -24,6 +24,11 @@ pub const MAX_TAG_VALUE_CHARS: usize = 500;
 /// of double precision also sums squares, which overflows for values near 1e154).
 pub const MAX_ABS_VALUE: f64 = 1e100;
 
+/// The accepted years (1970 to 9999) of an RFC 3339 timestamp, as a JSON Schema pattern beside
+/// `format: date-time`, which cannot say it. Schema attributes take only literals, so they
+/// repeat it; a test of the document checks they agree.
+pub const TIMESTAMP_YEARS: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-";
+
 /// Text without control characters (C0, DEL, C1), as a JSON Schema pattern.
 pub const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 
@@ -206,14 +211,14 @@ impl Default for Tags {
 #[derive(Debug, Clone, PartialEq, ToSchema)]
 pub struct MetricPoint {
     /// When the point was measured (RFC 3339, 1970 to 9999; without an offset it is UTC).
-    #[schema(value_type = String, format = DateTime)]
+    #[schema(value_type = String, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
     pub timestamp: DateTime<Utc>,
     /// A finite JSON number with absolute value at most 1e100.
     #[schema(minimum = -1e100, maximum = 1e100)]
     pub value: f64,
     #[schema(rename = "type", inline)]
     pub metric_type: MetricType,
-    #[schema(schema_with = tags_schema)]
+    #[schema(schema_with = tags_schema, required = false)]
     pub tags: Tags,
 }
 

@@ -218,11 +218,11 @@ pub(super) struct SeriesParams {
     metric_type: Option<MetricType>,
     /// Start of the range, RFC 3339 (1970 to 9999); the bucket holding it is the first.
     #[serde(default, deserialize_with = "timestamp")]
-    #[param(required = true, value_type = String, format = DateTime)]
+    #[param(required = true, value_type = String, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
     from: Option<DateTime<Utc>>,
     /// End of the range, RFC 3339 (1970 to 9999), exclusive; after `from`, ≤ 10,000 buckets later.
     #[serde(default, deserialize_with = "timestamp")]
-    #[param(required = true, value_type = String, format = DateTime)]
+    #[param(required = true, value_type = String, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
     to: Option<DateTime<Utc>>,
     /// Bucket width: 1m, 5m, 1h (default) or 1d. Buckets are aligned to UTC.
     #[serde(default)]

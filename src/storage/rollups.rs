@@ -173,7 +173,9 @@ impl Storage {
             return Ok(Aggregates::default());
         }
         let sketch = sketch_from(row.sketch)?;
-        let percentile = |q| sketch.quantile(q).unwrap_or(0.0);
+        // A sketch answers with a bucket's midpoint, which can lie outside the values seen
+        // (one point of 75.5 gave 75.567): never report a value beyond the extremes.
+        let percentile = |q| sketch.quantile(q).unwrap_or(0.0).clamp(row.min, row.max);
         Ok(Aggregates {
             count: row.count,
             average_value: row.sum / row.count as f64,

@@ -1,4 +1,4 @@
-use resilient_analytics::metric::NO_CONTROL_CHARACTERS;
+use resilient_analytics::metric::{NO_CONTROL_CHARACTERS, TIMESTAMP_YEARS};
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
@@ -54,6 +54,22 @@ async fn the_document_states_the_validation_rules_of_metric_types_and_tags() {
         assert_eq!(pattern, NO_CONTROL_CHARACTERS);
     }
     assert_eq!(point["tags"]["maxProperties"], 32);
+    // The accepted years, for the point and for a series' range.
+    assert_eq!(point["timestamp"]["pattern"], TIMESTAMP_YEARS);
+    let series = doc["paths"]["/api/metrics/series"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for name in ["from", "to"] {
+        let parameter = series.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(parameter["schema"]["pattern"], TIMESTAMP_YEARS, "{name}");
+    }
+    let required = doc["components"]["schemas"]["MetricPoint"]["required"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !required.iter().any(|field| field == "tags"),
+        "tags are optional"
+    );
     assert_eq!(point["value"]["maximum"], 1e100);
 }
 

@@ -38,6 +38,31 @@ async fn a_type_without_points_summarises_to_zeros() {
 }
 
 #[tokio::test]
+async fn percentiles_never_lie_outside_the_values_written() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_metric("single", 75.5).await.status(), 201);
+    let (_, _, body) = app.summary("type=single").await;
+    for field in [
+        "p50",
+        "p95",
+        "p99",
+        "min_value",
+        "max_value",
+        "latest_value",
+    ] {
+        assert_eq!(body[field], 75.5, "{field}: {body}");
+    }
+    for value in [-3.25, 1e-3] {
+        assert_eq!(app.post_metric("pair", value).await.status(), 201);
+    }
+    let (_, _, body) = app.summary("type=pair").await;
+    for field in ["p50", "p95", "p99"] {
+        let estimate = body[field].as_f64().unwrap();
+        assert!((-3.25..=1e-3).contains(&estimate), "{field}: {estimate}");
+    }
+}
+
+#[tokio::test]
 async fn the_summary_aggregates_in_sql_with_continuous_percentiles() {
     let app = spawn_app().await;
     // Inserted out of time order: latest is the point with the greatest timestamp.
