@@ -371,6 +371,17 @@ def read_facts(path: Path) -> dict[str, str]:
     return facts
 
 
+def write_report(lines: list[str], out: str, exit_failed: bool) -> None:
+    """Prints the report, writes it to `out`, and exits 2 when asked to for a failure."""
+    text = "\n".join(lines) + "\n"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(text)
+    print(f"(written to {out})")
+    if exit_failed:
+        sys.exit(2)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     work = Path(args.work)
     facts = read_facts(work / "facts.tsv")
@@ -486,13 +497,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         "",
         f"Overall: {'all targets met' if not failed else 'FAILED: ' + '; '.join(failed)}.",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    print(f"(written to {args.out})")
-    if failed and args.strict:
-        sys.exit(2)
+    write_report(lines, args.out, bool(failed) and args.strict)
 
 
 def cmd_soak_report(args: argparse.Namespace) -> None:
@@ -934,13 +939,7 @@ def cmd_memory_report(args: argparse.Namespace) -> None:
         "",
         f"Overall: {'all scenarios under 100 MB with the expected statuses' if not failed else 'FAILED: ' + '; '.join(failed)}.",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    print(f"(written to {args.out})")
-    if failed and args.strict:
-        sys.exit(2)
+    write_report(lines, args.out, bool(failed) and args.strict)
 
 
 def main() -> None:
