@@ -266,3 +266,47 @@ fn no_valid_point(rejected: Vec<RejectedPoint>) -> Vec<FieldError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_whose_outcome_is_unknown_counts_as_possibly_committed() {
+        let outcome = |result: Result<(), StorageError>| may_have_committed(&result);
+        assert!(outcome(Ok(())));
+        assert!(outcome(Err(StorageError::OutcomeUnknown("lost".into()))));
+        assert!(!outcome(Err(StorageError::Unavailable("down".into()))));
+        assert!(!outcome(Err(StorageError::Rejected("check".into()))));
+    }
+
+    #[test]
+    fn a_batch_without_a_valid_point_names_each_points_fields() {
+        let rejected = vec![
+            RejectedPoint {
+                index: 0,
+                errors: vec![FieldError::new("timestamp", "is required")],
+            },
+            RejectedPoint {
+                index: 3,
+                errors: vec![
+                    FieldError::new("value", "must be a JSON number"),
+                    FieldError::new("type", "is required"),
+                ],
+            },
+        ];
+        let fields: Vec<String> = no_valid_point(rejected)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "metrics[0].timestamp",
+                "metrics[3].value",
+                "metrics[3].type"
+            ]
+        );
+        assert_eq!(no_valid_point(Vec::new())[0].field, "metrics");
+    }
+}
