@@ -68,15 +68,19 @@ fn timestamp(raw: &RawValue) -> Result<chrono::DateTime<chrono::Utc>, String> {
     parse_timestamp(&text)
 }
 
-fn value(raw: &RawValue) -> Result<f64, String> {
+/// A raw JSON value as a number, when it is one. Parsed here, not by the body's decoder, so
+/// a number beyond f64 (1e400) is infinite, an error of its field rather than of the body.
+pub(super) fn json_number(raw: &RawValue) -> Option<f64> {
     let text = raw.get();
     // A JSON number starts with a digit or a minus sign; anything else is another type.
-    if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        return Err("must be a JSON number".into());
-    }
-    // Parsed as f64 here, not by the body's decoder: 1e400 is this field's error.
-    let number = text.parse::<f64>().unwrap_or(f64::INFINITY);
-    check_value(number)
+    text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        .then(|| text.parse::<f64>().unwrap_or(f64::INFINITY))
+}
+
+fn value(raw: &RawValue) -> Result<f64, String> {
+    json_number(raw)
+        .ok_or_else(|| "must be a JSON number".to_owned())
+        .and_then(check_value)
 }
 
 /// Tags as sent: an object whose values are kept raw until checked, so a value of another

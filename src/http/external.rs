@@ -5,6 +5,7 @@ use utoipa::ToSchema;
 
 use super::{
     AppState,
+    decode::json_number,
     error::{ApiError, ErrorBody, Result},
     extract::ApiJson,
 };
@@ -89,11 +90,8 @@ pub(super) async fn set_failure_rate(
 ) -> Result<Json<FailureRate>> {
     let rate = body
         .failure_rate
-        .filter(|raw| {
-            raw.get()
-                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
-        })
-        .and_then(|raw| raw.get().parse::<f64>().ok())
+        .as_deref()
+        .and_then(json_number)
         .filter(|rate| (0.0..=1.0).contains(rate))
         .ok_or_else(|| {
             ApiError::Validation(vec![FieldError::new(

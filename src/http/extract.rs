@@ -97,7 +97,11 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
                     })?,
             ),
         };
-        let client = ClientId::from_request_parts(&mut parts, state).await?;
+        // Only a keyed write needs its client (the key's scope).
+        let client = match key {
+            Some(_) => Some(ClientId::from_request_parts(&mut parts, state).await?),
+            None => None,
+        };
         let fingerprint = key.is_some().then(|| Fingerprinter::new(parts.uri.path()));
         let body = read_json(
             &state.body_budget,
@@ -108,7 +112,7 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
             D::decode,
         )
         .await?;
-        let key = key.map(|key| KeyedRequest {
+        let key = key.zip(client).map(|(key, client)| KeyedRequest {
             scope: client.to_string(),
             key,
             fingerprint: body.fingerprint.clone().unwrap_or_default(),
