@@ -252,3 +252,35 @@ async fn gzip_bombs_and_large_batches_at_once_stay_within_100_mb_and_starve_nobo
     assert_eq!(app.count_rows("big").await, 80_000);
     assert_eq!(app.count_rows("small").await, 20);
 }
+
+#[tokio::test]
+async fn clients_that_hang_up_mid_body_give_their_memory_back() {
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+    let app = spawn().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Each announces a 10 MB batch (reserving most of the body budget), sends a part of it
+    // and hangs up. A reservation that outlived its request would leave no room for others.
+    let part = vec![b' '; 256 * 1024];
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /api/metrics/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000\r\n\r\n{{\"metrics\": ["
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&part).await.unwrap();
+        drop(stream);
+    }
+    let points: Vec<Value> = (0..1_000).map(|i| metric("after", f64::from(i))).collect();
+    let started = std::time::Instant::now();
+    let response = app
+        .post_json("/api/metrics/batch", &json!({ "metrics": points }))
+        .await;
+    assert_eq!(response.status(), 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.count_rows("after").await, 1_000);
+}
