@@ -144,6 +144,11 @@ fn tags(raw: Option<&RawValue>) -> Result<Tags, String> {
 
 /// Decodes one point from valid JSON text, reporting every offending field.
 pub(super) fn point(json: &str) -> Result<MetricPoint, Vec<FieldError>> {
+    // A derived struct would also take `[timestamp, value, type, tags]`: only an object is a
+    // point. (Valid JSON text as it is handed here never starts with white space.)
+    if !json.starts_with('{') {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    }
     let raw: RawPoint = serde_json::from_str(json).map_err(|error| {
         let message = if error.to_string().starts_with("duplicate field") {
             error.to_string()
@@ -363,6 +368,11 @@ mod tests {
             ["timestamp", "value", "type", "tags"]
         );
         assert_eq!(fields(json!([1, 2])), ["body"]);
+        assert_eq!(
+            fields(json!(["2026-01-01T00:00:00Z", 1, "cpu", null])),
+            ["body"],
+            "the fields in order are not a point"
+        );
         assert_eq!(
             fields(json!({"timestamp": null, "value": null, "type": null, "tags": null})),
             ["timestamp", "value", "type"]

@@ -263,10 +263,8 @@ async fn clients_that_hang_up_mid_body_give_their_memory_back() {
     let part = vec![b' '; 256 * 1024];
     for _ in 0..20 {
         let mut stream = TcpStream::connect(&address).await.unwrap();
-        let head = format!(
-            "POST /api/metrics/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: 10000000\r\n\r\n{{\"metrics\": ["
-        );
+        let head = "POST /api/metrics/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 10000000\r\n\r\n{\"metrics\": [";
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&part).await.unwrap();
         drop(stream);
