@@ -24,3 +24,4 @@ pub mod sketch;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod tenant;
