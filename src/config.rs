@@ -4,15 +4,16 @@ use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use ipnet::IpNet;
 
-use crate::client::Ipv6Prefix;
+use crate::{
+    auth::{ApiKey, AuthMode},
+    client::Ipv6Prefix,
+    rate_limiter::Quota,
+};
 
 /// The longest any duration setting may be, one day: it keeps every value derived from one far
 /// from overflowing (the rate limiter counts its window in i64 microseconds), and the summary
 /// TTL well below the 7 days after which a type's cache generation key expires.
 const MAX_SECONDS: u64 = 86_400;
-/// The largest `RATE_LIMIT_REQUESTS`: far above any real quota, yet above the 100,000,000 that
-/// scripts/fuzz.sh and bench/run.sh use to keep the limiter in the path without limiting.
-const MAX_RATE_LIMIT_REQUESTS: u32 = 1_000_000_000;
 /// The largest `CIRCUIT_BREAKER_FAILURE_THRESHOLD`.
 const MAX_FAILURE_THRESHOLD: u32 = 10_000;
 
@@ -35,7 +36,8 @@ pub struct Settings {
     pub database_statement_timeout: Duration,
     pub redis_url: String,
     pub cache_ttl: Duration,
-    pub rate_limit: RateLimitSettings,
+    pub rate_limit: Quota,
+    pub auth: AuthSettings,
     pub circuit_breaker: CircuitBreakerSettings,
     pub external_service: ExternalServiceSettings,
     pub trusted_proxies: Vec<IpNet>,
@@ -67,10 +69,15 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitSettings {
-    pub requests: u32,
-    pub window: Duration,
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// Failed authentications per client address, before its requests are refused.
+    pub failure_limit: Quota,
+    /// Whether `/metrics` is served without a key when `AUTH_MODE=required`.
+    pub metrics_public: bool,
+    /// An admin key of tenant `default` made sure of at start-up, for a fresh deployment.
+    pub bootstrap_admin_key: Option<ApiKey>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,9 +126,15 @@ impl Settings {
             database_statement_timeout: env.seconds("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5.0)?,
             redis_url,
             cache_ttl: env.whole_seconds("CACHE_TTL_SECONDS", 300)?,
-            rate_limit: RateLimitSettings {
-                requests: env.positive("RATE_LIMIT_REQUESTS", 10, MAX_RATE_LIMIT_REQUESTS)?,
+            rate_limit: Quota {
+                requests: env.positive("RATE_LIMIT_REQUESTS", 10, Quota::MAX_REQUESTS)?,
                 window: env.whole_seconds("RATE_LIMIT_WINDOW_SECONDS", 60)?,
+            },
+            auth: AuthSettings {
+                mode: env.parse("AUTH_MODE", AuthMode::Off)?,
+                failure_limit: env.parse("AUTH_FAILURE_LIMIT", Quota::new(10, 60).unwrap())?,
+                metrics_public: env.parse("METRICS_PUBLIC", false)?,
+                bootstrap_admin_key: env.secret("BOOTSTRAP_ADMIN_KEY")?,
             },
             circuit_breaker: CircuitBreakerSettings {
                 failure_threshold: env.positive(
@@ -185,6 +198,21 @@ impl Env<'_> {
             None => Ok(default),
             Some(raw) => raw.trim().parse().map_err(|e| Self::invalid(name, &raw, e)),
         }
+    }
+
+    /// A secret: when it is invalid, the error does not repeat it.
+    fn secret<T>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|raw| {
+                raw.trim()
+                    .parse()
+                    .map_err(|e| Self::invalid(name, "(not shown)", e))
+            })
+            .transpose()
     }
 
     /// A number greater than 0 and at most `max`.

@@ -7,8 +7,10 @@
 //! `coalesce`, `idempotency`, `sketch`) → `storage` (all SQL), over the domain in `metric`.
 
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod circuit_breaker;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod coalesce;

@@ -1,6 +1,13 @@
 use std::process::ExitCode;
 
-use resilient_analytics::{config::Settings, healthcheck, startup::Application, telemetry};
+use clap::Parser;
+use resilient_analytics::{
+    cli::{self, Cli, Command},
+    config::Settings,
+    healthcheck,
+    startup::Application,
+    telemetry,
+};
 
 /// Requests allocate many small, short-lived objects (JSON values, strings, futures); glibc's
 /// allocator took about a sixth of the server's CPU under write load. jemalloc is faster at
@@ -10,6 +17,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -17,18 +25,23 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => {}
-        Some("healthcheck") => {
+    match cli.command {
+        None | Some(Command::Serve) => {}
+        Some(Command::Healthcheck) => {
             return if healthcheck::probe(settings.port) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             };
         }
-        Some(other) => {
-            eprintln!("unknown command {other:?}; usage: resilient-analytics [serve|healthcheck]");
-            return ExitCode::from(2);
+        Some(Command::Keys(command)) => {
+            return match cli::keys(&settings, command, &mut std::io::stdout().lock()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     }
     telemetry::init(&settings.log_filter, settings.log_format, std::io::stdout);

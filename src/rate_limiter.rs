@@ -14,11 +14,73 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 use redis::Script;
 
 use crate::{
-    client::ClientId,
     clock::{Clock, MonotonicClock},
-    config::RateLimitSettings,
     redis_connection::RedisConnection,
 };
+
+/// A quota: `requests` per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+impl Quota {
+    /// Far above any real quota, yet above the 100,000,000 that scripts/fuzz.sh and
+    /// bench/run.sh use to keep the limiter in the path without limiting.
+    pub const MAX_REQUESTS: u32 = 1_000_000_000;
+    /// One day: keeps every figure derived from a window far from overflowing (the limiter
+    /// counts in i64 microseconds).
+    pub const MAX_WINDOW_SECONDS: u64 = 86_400;
+
+    /// `None` unless 1 ≤ requests ≤ `MAX_REQUESTS` and 1 ≤ seconds ≤ `MAX_WINDOW_SECONDS`.
+    pub fn new(requests: u32, window_seconds: u64) -> Option<Self> {
+        ((1..=Self::MAX_REQUESTS).contains(&requests)
+            && (1..=Self::MAX_WINDOW_SECONDS).contains(&window_seconds))
+        .then(|| Self {
+            requests,
+            window: Duration::from_secs(window_seconds),
+        })
+    }
+}
+
+/// `requests/seconds`, e.g. `1000/60`.
+impl std::str::FromStr for Quota {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split_once('/')
+            .and_then(|(requests, seconds)| {
+                Self::new(requests.trim().parse().ok()?, seconds.trim().parse().ok()?)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "must be requests/seconds, 1 to {} requests per 1 to {} seconds, e.g. 1000/60",
+                    Self::MAX_REQUESTS,
+                    Self::MAX_WINDOW_SECONDS
+                )
+            })
+    }
+}
+
+impl serde::Serialize for Quota {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Quota {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.requests, self.window.as_secs())
+    }
+}
 
 /// The outcome of one check, with what the `RateLimit-*` headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +106,11 @@ struct Gcra {
 }
 
 impl Gcra {
-    fn new(settings: RateLimitSettings) -> Self {
-        let window = settings.window.as_micros() as i64;
+    fn new(quota: Quota) -> Self {
+        let window = quota.window.as_micros() as i64;
         Self {
-            limit: settings.requests,
-            interval: (window / i64::from(settings.requests)).max(1),
+            limit: quota.requests,
+            interval: (window / i64::from(quota.requests)).max(1),
             window,
         }
     }
@@ -106,37 +168,40 @@ return {1, now - allowed_at, new_tat - now, 0}
 /// 1 MB).
 const LOCAL_GENERATION_CAPACITY: usize = 10_000;
 
+/// One limiter counts one kind of event (requests, failed authentications) per subject.
 pub struct RateLimiter<C: Clock = MonotonicClock> {
-    gcra: Gcra,
+    /// Names the kind of event: subjects' state is under `{prefix}:{subject}` in Redis.
+    prefix: &'static str,
+    default_quota: Quota,
     redis: RedisConnection,
     script: Script,
     local: LocalLimiter<C>,
 }
 
 impl RateLimiter {
-    pub fn new(settings: RateLimitSettings, redis: RedisConnection) -> Self {
+    pub fn new(prefix: &'static str, default_quota: Quota, redis: RedisConnection) -> Self {
         Self {
-            gcra: Gcra::new(settings),
+            prefix,
+            default_quota,
             redis,
             script: Script::new(REDIS_GCRA_SCRIPT),
-            local: LocalLimiter::new(
-                Gcra::new(settings),
-                MonotonicClock::new(),
-                LOCAL_GENERATION_CAPACITY,
-            ),
+            local: LocalLimiter::new(MonotonicClock::new(), LOCAL_GENERATION_CAPACITY),
         }
     }
 
-    /// Decides one request of `client`, whose state is under `rate_limit:{client}` in Redis.
-    pub async fn check(&self, client: ClientId) -> Decision {
-        let key = format!("rate_limit:{client}");
-        let (interval, window) = (self.gcra.interval, self.gcra.window);
+    /// Decides one event of `subject` (a client's address, or `key:{id}`) under its own
+    /// quota, or the limiter's default one.
+    pub async fn check(&self, subject: &str, quota: Option<Quota>) -> Decision {
+        let gcra = Gcra::new(quota.unwrap_or(self.default_quota));
+        let key = format!("{}:{subject}", self.prefix);
+        let (interval, window) = (gcra.interval, gcra.window);
         let script = &self.script;
+        let redis_key = &key;
         let outcome = self
             .redis
             .run(|mut conn| async move {
                 script
-                    .key(key)
+                    .key(redis_key)
                     .arg(interval)
                     .arg(window)
                     .invoke_async::<(i64, i64, i64, i64)>(&mut conn)
@@ -144,13 +209,12 @@ impl RateLimiter {
             })
             .await;
         let decision = match outcome {
-            Ok((allowed, slack, reset, wait)) => {
-                self.gcra.decision(allowed == 1, slack, reset, wait)
-            }
-            Err(_) => self.local.check(client),
+            Ok((allowed, slack, reset, wait)) => gcra.decision(allowed == 1, slack, reset, wait),
+            Err(_) => self.local.check(key, gcra),
         };
         metrics::counter!(
             "rate_limit_decisions_total",
+            "limiter" => self.prefix,
             "decision" => if decision.allowed { "allowed" } else { "limited" },
             "source" => if decision.decided_locally { "local" } else { "redis" },
         )
@@ -161,25 +225,23 @@ impl RateLimiter {
 
 /// The same algorithm in process, used while Redis is unavailable.
 struct LocalLimiter<C: Clock> {
-    gcra: Gcra,
     clock: C,
     tats: Mutex<Generations>,
 }
 
 impl<C: Clock> LocalLimiter<C> {
-    fn new(gcra: Gcra, clock: C, capacity: usize) -> Self {
+    fn new(clock: C, capacity: usize) -> Self {
         Self {
-            gcra,
             clock,
             tats: Mutex::new(Generations::new(capacity)),
         }
     }
 
-    fn check(&self, client: ClientId) -> Decision {
+    fn check(&self, key: String, gcra: Gcra) -> Decision {
         let now = self.clock.now().as_micros() as i64;
         let mut tats = self.tats.lock().expect("rate limiter lock poisoned");
-        let (decision, tat) = self.gcra.decide(tats.take(client), now);
-        tats.put(client, tat);
+        let (decision, tat) = gcra.decide(tats.take(&key), now);
+        tats.put(key, tat);
         Decision {
             decided_locally: true,
             ..decision
@@ -198,8 +260,8 @@ impl<C: Clock> LocalLimiter<C> {
 /// have; a client that keeps sending, as one worth limiting does, is never forgotten. All of
 /// this only while Redis is unavailable.
 struct Generations {
-    current: HashMap<ClientId, i64>,
-    previous: HashMap<ClientId, i64>,
+    current: HashMap<String, i64>,
+    previous: HashMap<String, i64>,
     capacity: usize,
 }
 
@@ -213,19 +275,19 @@ impl Generations {
     }
 
     /// Removes and returns the client's TAT, from whichever generation holds it.
-    fn take(&mut self, client: ClientId) -> Option<i64> {
+    fn take(&mut self, key: &str) -> Option<i64> {
         self.current
-            .remove(&client)
-            .or_else(|| self.previous.remove(&client))
+            .remove(key)
+            .or_else(|| self.previous.remove(key))
     }
 
-    fn put(&mut self, client: ClientId, tat: i64) {
+    fn put(&mut self, key: String, tat: i64) {
         if self.current.len() >= self.capacity {
             // Swapping and clearing keeps both maps' allocations: no rehashing from here on.
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
         }
-        self.current.insert(client, tat);
+        self.current.insert(key, tat);
     }
 }
 
@@ -236,25 +298,36 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::{client::Ipv6Prefix, clock::ManualClock};
+    use crate::{
+        client::{ClientId, Ipv6Prefix},
+        clock::ManualClock,
+    };
 
-    fn limiter(
-        requests: u32,
-        window_secs: u64,
-    ) -> (LocalLimiter<Arc<ManualClock>>, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::default());
-        let settings = RateLimitSettings {
-            requests,
-            window: Duration::from_secs(window_secs),
-        };
-        (
-            LocalLimiter::new(Gcra::new(settings), clock.clone(), CAPACITY),
-            clock,
-        )
+    /// The local limiter under one quota, checking clients by address.
+    struct Limiter {
+        local: LocalLimiter<Arc<ManualClock>>,
+        gcra: Gcra,
     }
 
-    fn client(ip: impl Into<IpAddr>) -> ClientId {
-        ClientId::new(ip.into(), Ipv6Prefix::new(64).unwrap())
+    impl Limiter {
+        fn check(&self, client: String) -> Decision {
+            self.local.check(client, self.gcra)
+        }
+    }
+
+    fn limiter(requests: u32, window_secs: u64) -> (Limiter, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let quota = Quota::new(requests, window_secs).unwrap();
+        let local = LocalLimiter::new(clock.clone(), CAPACITY);
+        let limiter = Limiter {
+            local,
+            gcra: Gcra::new(quota),
+        };
+        (limiter, clock)
+    }
+
+    fn client(ip: impl Into<IpAddr>) -> String {
+        ClientId::new(ip.into(), Ipv6Prefix::new(64).unwrap()).to_string()
     }
 
     const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
@@ -263,7 +336,7 @@ mod tests {
     const CAPACITY: usize = 100;
 
     /// The `n`th of many distinct clients (none of them `CLIENT_IP`).
-    fn other_client(n: usize) -> ClientId {
+    fn other_client(n: usize) -> String {
         client([10, (n >> 16) as u8, (n >> 8) as u8, n as u8])
     }
 
@@ -353,7 +426,7 @@ mod tests {
         let (limiter, _clock) = limiter(1, 60);
         for n in 0..100 * CAPACITY {
             limiter.check(other_client(n));
-            let tats = limiter.tats.lock().unwrap();
+            let tats = limiter.local.tats.lock().unwrap();
             assert!(tats.current.len() + tats.previous.len() <= 2 * CAPACITY);
         }
     }
@@ -386,5 +459,36 @@ mod tests {
             limiter.check(other_client(n));
         }
         assert!(limiter.check(client(CLIENT_IP)).allowed, "forgotten");
+    }
+
+    #[test]
+    fn a_quota_reads_as_requests_per_seconds_within_bounds() {
+        assert_eq!("1000/60".parse(), Ok(Quota::new(1000, 60).unwrap()));
+        assert_eq!(" 5 / 1 ".parse::<Quota>().unwrap().to_string(), "5/1");
+        for bad in [
+            "",
+            "10",
+            "0/60",
+            "10/0",
+            "-1/60",
+            "10/86401",
+            "1000000001/1",
+            "a/b",
+            "1/2/3",
+        ] {
+            assert!(bad.parse::<Quota>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn each_subject_is_limited_by_the_quota_it_is_checked_with() {
+        let (limiter, _clock) = limiter(1, 60);
+        let generous = Gcra::new(Quota::new(3, 60).unwrap());
+        for _ in 0..3 {
+            assert!(limiter.local.check("key:a".into(), generous).allowed);
+        }
+        assert!(!limiter.local.check("key:a".into(), generous).allowed);
+        assert!(limiter.check("key:b".into()).allowed);
+        assert!(!limiter.check("key:b".into()).allowed);
     }
 }

@@ -20,7 +20,12 @@ use tokio::{
 use tower::ServiceExt;
 
 use crate::{
-    app::{summaries::Summaries, writes::Writes},
+    app::{
+        access::{Access, Keys},
+        summaries::Summaries,
+        writes::Writes,
+    },
+    auth::{ApiKey, AuthMode},
     cache::SummaryCache,
     circuit_breaker::CircuitBreaker,
     clock::{Clock, MonotonicClock},
@@ -74,7 +79,7 @@ impl Application {
         let storage =
             Storage::connect_lazy_with(&settings.database_url, settings.database_statement_timeout)
                 .map_err(StartupError::DatabaseUrl)?;
-        let background = vec![
+        let mut background = vec![
             storage.spawn_migrations(),
             storage.spawn_rollup_compaction(ROLLUP_COMPACTION_PERIOD),
             storage
@@ -88,12 +93,30 @@ impl Application {
             settings.cache_ttl,
         );
         let cache = Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl));
+        let access = Arc::new(Access::new(&settings.auth, storage.clone(), redis.clone()));
+        match settings.auth.mode {
+            AuthMode::Off => tracing::warn!(
+                "AUTH_MODE=off: every client may write, read and administer, as tenant default"
+            ),
+            AuthMode::Required => tracing::info!("AUTH_MODE=required: requests need an API key"),
+        }
+        let keys = Keys::new(storage.clone());
+        if let Some(key) = settings.auth.bootstrap_admin_key.clone() {
+            background.push(spawn_bootstrap_key(keys.clone(), key));
+        }
         let enrichment = Arc::new(enrichment);
         let state = AppState {
             writes: Writes::start(storage.clone(), cache.clone()),
             summaries: Summaries::new(storage.clone(), cache, enrichment.clone()),
             body_budget: Arc::new(BodyBudget::new()),
-            rate_limiter: Arc::new(RateLimiter::new(settings.rate_limit, redis.clone())),
+            rate_limiter: Arc::new(RateLimiter::new(
+                "rate_limit",
+                settings.rate_limit,
+                redis.clone(),
+            )),
+            access,
+            keys,
+            metrics_public: settings.auth.metrics_public,
             enrichment,
             trusted_proxies: settings.trusted_proxies.into(),
             client_ipv6_prefix: settings.client_ipv6_prefix,
@@ -317,6 +340,16 @@ async fn finish_connections(stop: watch::Sender<()>, grace: Duration) {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+}
+
+/// Stores `BOOTSTRAP_ADMIN_KEY` once PostgreSQL and the schema are there.
+fn spawn_bootstrap_key(keys: Keys, key: ApiKey) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Err(error) = keys.ensure_bootstrap_key(&key).await {
+            tracing::debug!(%error, "bootstrap admin key not stored yet; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
 }
 
 async fn shutdown_signal() {

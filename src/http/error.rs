@@ -12,7 +12,14 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    app::writes::WriteError, enrichment::CallFailure, metric::FieldError, storage::StorageError,
+    app::{
+        access::{AuthError, KeyError},
+        writes::WriteError,
+    },
+    auth::Scope,
+    enrichment::CallFailure,
+    metric::FieldError,
+    storage::StorageError,
 };
 
 /// Clients are asked to come back after this long when a dependency is down.
@@ -48,6 +55,16 @@ pub enum ApiError {
     Busy,
     #[error("rate limit exceeded; retry in {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
+    /// No credential, or one that is not (or no longer) valid; the reason is the message.
+    #[error("{reason}")]
+    Unauthorized {
+        reason: &'static str,
+        credential_sent: bool,
+    },
+    #[error("this API key lacks the {0} scope")]
+    Forbidden(Scope),
+    #[error("too many failed authentications from this client; retry in {} s", retry_after_secs(*.retry_after))]
+    TooManyFailedAuthentications { retry_after: Duration },
     #[error("a dependency is unavailable; retry shortly")]
     Unavailable,
     #[error("the external service call failed: {0}")]
@@ -101,7 +118,11 @@ impl ApiError {
             Self::PayloadTooLarge { .. }
             | Self::TooManyPoints { .. }
             | Self::PointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED"),
+            Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED")
+            }
+            Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY"),
             Self::ExternalService(_) => (
@@ -118,7 +139,10 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after } => Some(retry_after_secs(*retry_after)),
+            Self::RateLimited { retry_after }
+            | Self::TooManyFailedAuthentications { retry_after } => {
+                Some(retry_after_secs(*retry_after))
+            }
             Self::Unavailable | Self::ExternalService(_) => {
                 Some(retry_after_secs(UNAVAILABLE_RETRY_AFTER))
             }
@@ -162,6 +186,39 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let unauthorized = |reason, credential_sent| Self::Unauthorized {
+            reason,
+            credential_sent,
+        };
+        match error {
+            AuthError::Missing => unauthorized(
+                "this endpoint needs an API key: Authorization: Bearer <key> (or Token <key>, or X-API-Key)",
+                false,
+            ),
+            AuthError::Invalid => unauthorized("the API key is not valid", true),
+            AuthError::Expired => unauthorized("the API key has expired", true),
+            AuthError::Revoked => unauthorized("the API key has been revoked", true),
+            AuthError::TooManyFailures { retry_after } => {
+                Self::TooManyFailedAuthentications { retry_after }
+            }
+            AuthError::Storage(error) => error.into(),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::InvalidExpiry => {
+                Self::Validation(vec![FieldError::new("expires_in_days", error.to_string())])
+            }
+            KeyError::Storage(error) => error.into(),
+        }
+    }
+}
+
 /// Whether `E` is anywhere in the error's chain of sources.
 pub(super) fn caused_by<E: std::error::Error + 'static>(
     error: &(dyn std::error::Error + 'static),
@@ -177,6 +234,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %error, "internal error");
         }
         let retry_after = self.retry_after();
+        // RFC 6750: a refused credential is an invalid_token; a missing one is just a challenge.
+        let challenge = match &self {
+            Self::Unauthorized {
+                credential_sent: true,
+                ..
+            } => Some(r#"Bearer realm="resilient-analytics", error="invalid_token""#),
+            Self::Unauthorized { .. } => Some(r#"Bearer realm="resilient-analytics""#),
+            _ => None,
+        };
         let message = self.to_string();
         let errors = match self {
             Self::Validation(errors) | Self::InvalidQuery(errors) => Some(errors),
@@ -194,6 +260,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

@@ -19,6 +19,7 @@ use super::{
     error::ApiError,
 };
 use crate::{
+    auth::Caller,
     client::ClientId,
     idempotency::{Fingerprinter, IdempotencyKey, KeyedRequest},
     metric::{FieldError, MetricPoint},
@@ -74,7 +75,7 @@ fn read_to_end(reader: &mut dyn Read) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// A write: its body decoded by `D`, and its `Idempotency-Key` (400 when the key breaks the
-/// rules) scoped to the client that sent it, with the request's fingerprint.
+/// rules) in its scope, with the request's fingerprint.
 pub(super) struct WriteBody<D: BodyDecoder> {
     pub(super) body: DecodedBody<D::Output>,
     pub(super) key: Option<KeyedRequest>,
@@ -97,10 +98,19 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
                     })?,
             ),
         };
-        // Only a keyed write needs its client (the key's scope).
-        let client = match key {
-            Some(_) => Some(ClientId::from_request_parts(&mut parts, state).await?),
+        // Only a keyed write needs its scope: with API keys, the caller's tenant (any key of
+        // it may retry); without, the sending client (everyone is tenant default).
+        let scope = match key {
             None => None,
+            Some(_) => {
+                let caller = Caller::from_request_parts(&mut parts, state).await?;
+                Some(match caller.key {
+                    Some(_) => format!("tenant:{}", caller.tenant),
+                    None => ClientId::from_request_parts(&mut parts, state)
+                        .await?
+                        .to_string(),
+                })
+            }
         };
         let fingerprint = key.is_some().then(|| Fingerprinter::new(parts.uri.path()));
         let body = read_json(
@@ -112,8 +122,8 @@ impl<D: BodyDecoder> FromRequest<AppState> for WriteBody<D> {
             D::decode,
         )
         .await?;
-        let key = key.zip(client).map(|(key, client)| KeyedRequest {
-            scope: client.to_string(),
+        let key = key.zip(scope).map(|(key, scope)| KeyedRequest {
+            scope,
             key,
             fingerprint: body.fingerprint.clone().unwrap_or_default(),
         });

@@ -92,6 +92,7 @@ fn request_span(request: &Request) -> Span {
         rejected = tracing::field::Empty,
         replayed = tracing::field::Empty,
         rate_limited = tracing::field::Empty,
+        key = tracing::field::Empty,
         failure_rate = tracing::field::Empty,
     )
 }

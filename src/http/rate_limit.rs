@@ -6,16 +6,22 @@ use axum::{
 };
 
 use super::{ApiError, AppState, error::retry_after_secs};
-use crate::client::ClientId;
+use crate::{auth::Caller, client::ClientId};
 
-/// Admits or refuses the request for its client, and reports the quota on every response.
-pub(super) async fn limit_by_client(
+/// Admits or refuses the request under its key's quota (`rate_limit:key:{id}`), or, without
+/// a key, its client's (`rate_limit:{client}`); reports the quota on every response.
+pub(super) async fn limit_by_caller(
     State(state): State<AppState>,
+    caller: Caller,
     client: ClientId,
     request: Request,
     next: Next,
 ) -> Response {
-    let decision = state.rate_limiter.check(client).await;
+    let (subject, quota) = match &caller.key {
+        Some(key) => (format!("key:{}", key.id), key.quota),
+        None => (client.to_string(), None),
+    };
+    let decision = state.rate_limiter.check(&subject, quota).await;
     let mut response = if decision.allowed {
         next.run(request).await
     } else {

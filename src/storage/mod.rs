@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, migrations, and every SQL statement the service runs.
 
 mod idempotency;
+mod keys;
 mod metrics;
 mod rollups;
 
@@ -20,6 +21,7 @@ use sqlx::{
 };
 
 pub use idempotency::{Claim, KeyedTransaction, StoredResponse};
+pub use keys::NewKeyRow;
 pub use metrics::{MAX_STATEMENT_BYTES, Stored};
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
@@ -188,6 +190,14 @@ impl Storage {
                 }
             }
         })
+    }
+
+    /// Applies the migrations now, once (for the command line, which needs the schema at once
+    /// or an error).
+    pub async fn apply_migrations(&self) -> Result<(), MigrateError> {
+        self.migrate().await?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Closes the pool's connections, waiting for the ones in use to be returned.
