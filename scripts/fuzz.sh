@@ -7,8 +7,9 @@
 #
 # It starts PostgreSQL and Redis containers on free 127.0.0.1 ports (the stand-in images that
 # scripts/build-offline-images.sh builds, or FUZZ_POSTGRES_IMAGE / FUZZ_REDIS_IMAGE), builds
-# and starts the server (debug profile, rate limit raised out of the way, failure rate 0),
-# installs schemathesis into target/fuzz-venv, runs it with fuzz/schemathesis.toml and the
+# and starts the server (debug profile, AUTH_MODE=required with a key of every scope made by
+# `resilient-analytics keys create` and sent with every request, rate limit and failed-
+# authentication limit raised out of the way, failure rate 0), installs schemathesis into target/fuzz-venv, runs it with fuzz/schemathesis.toml and the
 # hooks in fuzz/hooks.py, and removes everything it started, also on failure.
 # FUZZ_EXAMPLES sets the examples per operation (default 100). Exit status: schemathesis'.
 set -euo pipefail
@@ -44,13 +45,28 @@ pg_port=$(host_port "$NAME-postgres" 5432)
 redis_port=$(host_port "$NAME-redis" 6379)
 app_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-log "building and starting the server on 127.0.0.1:$app_port"
+log "building the server and making its key"
 SQLX_OFFLINE=true cargo build --locked --quiet
+binary=${CARGO_TARGET_DIR:-target}/debug/resilient-analytics
+database_url="postgres://postgres:postgres@127.0.0.1:$pg_port/analytics"
+key=
+for _ in $(seq 60); do
+    # The command applies the migrations first; it fails until PostgreSQL accepts connections.
+    if created=$(env -i PATH="$PATH" DATABASE_URL="$database_url" "$binary" keys create \
+        --tenant fuzz --scopes read,write,admin 2>/dev/null); then
+        key=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$created")
+        break
+    fi
+    sleep 1
+done
+[[ -n $key ]] || { log "no key could be made"; exit 1; }
+
+log "starting the server on 127.0.0.1:$app_port"
 env -i PATH="$PATH" APP_HOST=127.0.0.1 APP_PORT="$app_port" \
-    DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$pg_port/analytics" \
-    REDIS_URL="redis://127.0.0.1:$redis_port/0" \
+    DATABASE_URL="$database_url" REDIS_URL="redis://127.0.0.1:$redis_port/0" \
+    AUTH_MODE=required AUTH_FAILURE_LIMIT=100000000/60 \
     RATE_LIMIT_REQUESTS=100000000 EXTERNAL_SERVICE_FAILURE_RATE=0 RUST_LOG=warn \
-    "${CARGO_TARGET_DIR:-target}/debug/resilient-analytics" >"$repo/target/fuzz-server.log" 2>&1 &
+    "$binary" >"$repo/target/fuzz-server.log" 2>&1 &
 server_pid=$!
 healthy=
 for _ in $(seq 120); do
@@ -72,7 +88,7 @@ status=0
 (
     cd fuzz
     SCHEMATHESIS_HOOKS=hooks PYTHONPATH=. "$VENV/bin/schemathesis" --config-file schemathesis.toml \
-        run "http://127.0.0.1:$app_port/openapi.json" \
+        run "http://127.0.0.1:$app_port/openapi.json" --header "Authorization: Bearer $key" \
         --checks all --max-examples "$EXAMPLES" --workers 1 --request-timeout 20 \
         --max-failures 20 --no-color
 ) || status=$?

@@ -44,6 +44,11 @@ impl Quota {
     }
 }
 
+/// A quota's text, `requests/seconds`, as a regular expression: 1 to 1,000,000,000 requests
+/// per 1 to 86,400 seconds, without leading zeros (what `Quota::from_str` accepts, bar spaces).
+pub const QUOTA_PATTERN: &str = "^([1-9][0-9]{0,8}|1000000000)/\
+    ([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)$";
+
 /// `requests/seconds`, e.g. `1000/60`.
 impl std::str::FromStr for Quota {
     type Err = String;
@@ -62,6 +67,19 @@ impl std::str::FromStr for Quota {
             })
     }
 }
+
+impl utoipa::PartialSchema for Quota {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("requests/seconds, e.g. 1000/60"))
+            .pattern(Some(QUOTA_PATTERN))
+            .examples(["1000/60"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Quota {}
 
 impl serde::Serialize for Quota {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -459,6 +477,37 @@ mod tests {
             limiter.check(other_client(n));
         }
         assert!(limiter.check(client(CLIENT_IP)).allowed, "forgotten");
+    }
+
+    #[test]
+    fn the_quota_pattern_matches_exactly_what_parsing_accepts() {
+        let pattern = regex::Regex::new(QUOTA_PATTERN).unwrap();
+        let requests: [u64; 9] = [
+            0,
+            1,
+            9,
+            10,
+            99,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            9_999_999_999,
+        ];
+        let seconds = [
+            0, 1, 9, 10, 999, 1000, 9999, 10_000, 79_999, 80_000, 85_999, 86_000, 86_399, 86_400,
+            86_401, 86_999, 90_000, 99_999, 100_000,
+        ];
+        for r in requests {
+            for s in seconds {
+                let text = format!("{r}/{s}");
+                assert_eq!(
+                    pattern.is_match(&text),
+                    text.parse::<Quota>().is_ok(),
+                    "{text}"
+                );
+            }
+        }
+        assert!(!pattern.is_match("01/60") && !pattern.is_match("1/060"));
     }
 
     #[test]

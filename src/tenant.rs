@@ -107,4 +107,20 @@ mod tests {
         }
         assert_eq!(Tenant::default_tenant().as_str(), "default");
     }
+
+    #[test]
+    fn the_schema_pattern_matches_exactly_the_names_accepted() {
+        let pattern = regex::Regex::new(TENANT_PATTERN).unwrap();
+        let long = "a".repeat(64);
+        let too_long = "a".repeat(65);
+        for name in [
+            "default", "a", "9", "a-b_c", "-a", "_a", "A", "a.b", "a:b", "", &long, &too_long,
+        ] {
+            assert_eq!(
+                pattern.is_match(name),
+                name.parse::<Tenant>().is_ok(),
+                "{name:?}"
+            );
+        }
+    }
 }

@@ -56,7 +56,6 @@ pub struct NewKey {
     pub scopes: Scopes,
     /// The key's own rate limit, `requests/seconds` (e.g. `1000/60`); absent: the global one.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "1000/60", pattern = "^[0-9]+/[0-9]+$")]
     pub quota: Option<Quota>,
     /// Days until the key expires (1 to 3650); absent: never.
     #[serde(default)]

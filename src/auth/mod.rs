@@ -9,7 +9,10 @@ use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-use utoipa::ToSchema;
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{ArrayBuilder, ObjectBuilder, RefOr, Schema, Type},
+};
 
 pub use key::{ApiKey, KeyId, SecretHash};
 pub use recent::{Blocklist, RecentKeys};
@@ -82,9 +85,24 @@ impl fmt::Display for Scope {
 }
 
 /// A non-empty set of scopes; as JSON an array (`["read", "write"]`), as text `read,write`.
-#[derive(Clone, Copy, PartialEq, Eq, ToSchema)]
-#[schema(value_type = Vec<String>, example = json!(["read", "write"]))]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Scopes(u8);
+
+impl PartialSchema for Scopes {
+    fn schema() -> RefOr<Schema> {
+        let scope = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Scope::ALL.map(Scope::as_str)));
+        ArrayBuilder::new()
+            .items(scope)
+            .min_items(Some(1))
+            .description(Some("read, write and/or admin (repeats count once)."))
+            .examples([serde_json::json!(["read", "write"])])
+            .into()
+    }
+}
+
+impl ToSchema for Scopes {}
 
 impl Scopes {
     pub fn all() -> Self {
@@ -157,7 +175,6 @@ pub struct KeyRecord {
     pub scopes: Scopes,
     /// The key's own rate limit, `requests/seconds`; absent: the global limit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "1000/60")]
     pub quota: Option<Quota>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
