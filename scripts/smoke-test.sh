@@ -13,7 +13,9 @@
 # Steps: wait until GET /health says healthy (and Docker's health check agrees); POST a metric
 # (201); the summary counts it and the list holds it; `restart app`, healthy again, the point is
 # still there; recreate every container (`up -d --force-recreate`), the point is still there
-# (it lives on the volumes); `down -v`. Needs curl or python3 (curl is installed if neither is).
+# (it lives on the volumes); with AUTH_MODE=required a read without a key gets 401, a key made
+# with `resilient-analytics keys create` in the app container reads the point; `down -v`.
+# Needs curl or python3 (curl is installed if neither is).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,19 +46,25 @@ if ! command -v curl >/dev/null && ! command -v python3 >/dev/null; then
 fi
 
 # http METHOD PATH [JSON]: prints the status code (000: no answer); the body goes to $body_file.
+# With $api_key set, the request carries it as a bearer token.
+api_key=
 http() {
     local method=$1 path=$2 json=${3:-}
     : >"$body_file"
     if command -v curl >/dev/null; then
         local args=(-sS -o "$body_file" -w '%{http_code}' --max-time 5 -X "$method")
         [[ -z $json ]] || args+=(-H 'content-type: application/json' --data "$json")
+        [[ -z $api_key ]] || args+=(-H "authorization: Bearer $api_key")
         curl "${args[@]}" "$BASE_URL$path" 2>/dev/null || true
     else
-        python3 - "$method" "$BASE_URL$path" "$json" "$body_file" <<'PY'
+        python3 - "$method" "$BASE_URL$path" "$json" "$body_file" "$api_key" <<'PY'
 import sys, urllib.request, urllib.error
-method, url, data, out = sys.argv[1:5]
+method, url, data, out, key = sys.argv[1:6]
+headers = {"content-type": "application/json"} if data else {}
+if key:
+    headers["authorization"] = f"Bearer {key}"
 req = urllib.request.Request(url, method=method, data=data.encode() if data else None,
-                             headers={"content-type": "application/json"} if data else {})
+                             headers=headers)
 try:
     with urllib.request.urlopen(req, timeout=5) as r:
         status, body = r.status, r.read()
@@ -212,4 +220,16 @@ before=$(app_container)
 "$UP" -d --force-recreate || fail "scripts/up.sh -d --force-recreate failed (exit $?)"
 [[ $(app_container) != "$before" ]] || fail "the app container was not recreated"
 wait_healthy
+check_point_kept "$id" "$metric_type"
+
+log "requiring keys, as README's Securing it says: AUTH_MODE=required $UP -d"
+AUTH_MODE=required "$UP" -d || fail "AUTH_MODE=required scripts/up.sh -d failed (exit $?)"
+wait_healthy
+status=$(http GET "/api/metrics/list?type=$metric_type")
+[[ $status == 401 ]] || fail "a read without a key: expected 401, got $status $(body)"
+created=$("$UP" exec -T app resilient-analytics keys create --tenant default --scopes admin,write,read) \
+    || fail "keys create in the app container failed"
+api_key=$(grep -o '"key":"ra_[0-9a-f_]*"' <<<"$created" | cut -d'"' -f4)
+[[ -n $api_key ]] || fail "keys create printed no key: $created"
+log "made a key with the command line in the app container"
 check_point_kept "$id" "$metric_type"

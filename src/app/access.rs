@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{SubsecRound, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use utoipa::ToSchema;
 
 use crate::{
@@ -58,9 +58,24 @@ pub struct NewKey {
     #[serde(default)]
     pub quota: Option<Quota>,
     /// Days until the key expires (1 to 3650); absent: never.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
+}
+
+/// Any JSON number with a whole value (`285`, `285.0`, `2.85e2`), as JSON Schema's
+/// `integer` has it; the range is checked with the rest of the key.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<f64>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if number.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&number) {
+        Ok(Some(number as u32))
+    } else {
+        Err(de::Error::custom(format!(
+            "must be a whole number of days from 1 to {MAX_EXPIRY_DAYS}"
+        )))
+    }
 }
 
 /// A key just made: the only time its secret is shown.
@@ -247,5 +262,27 @@ impl Keys {
             tracing::info!(key = %key.id(), "bootstrap admin key stored");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_is_any_json_number_with_a_whole_value() {
+        let expiry = |json: &str| {
+            serde_json::from_str::<NewKey>(&format!(
+                r#"{{"tenant": "t", "scopes": ["read"], "expires_in_days": {json}}}"#
+            ))
+            .map(|key| key.expires_in_days)
+        };
+        assert_eq!(expiry("285").unwrap(), Some(285));
+        assert_eq!(expiry("285.0").unwrap(), Some(285));
+        assert_eq!(expiry("2.85e2").unwrap(), Some(285));
+        assert_eq!(expiry("null").unwrap(), None);
+        for bad in ["1.5", "-1", "1e20", "\"7\""] {
+            assert!(expiry(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

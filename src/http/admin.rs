@@ -24,6 +24,9 @@ use crate::{
     responses(
         (status = 201, description = "The key, with its secret (`key`), shown this once", body = CreatedKey),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within BODY_READ_TIMEOUT_SECONDS", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
         (status = 422, description = "Invalid tenant, scopes, quota or expiry", body = ErrorBody),
