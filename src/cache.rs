@@ -1,11 +1,14 @@
 //! The read-through summary cache in Redis, kept fresh after writes.
 //!
-//! Each type has a generation counter (`summary_gen:{type}`), bumped after every committed
-//! write of that type, and one epoch counter (`summary_epoch`) is shared by all types.
-//! Summaries are cached under `summary:{type}:{period}:e{epoch}:g{generation}`, with the
-//! epoch and generation read *before* the summary was computed, in the same script as the
-//! lookup. A read after a write therefore never sees a summary computed before it, even one
-//! that a slow reader stores late.
+//! Summaries are per tenant and type: "a type" below is always one tenant's type, named in
+//! keys as `{tenant}:{type}` (unambiguous: a tenant has no ':').
+//!
+//! Each type has a generation counter (`summary_gen:{tenant}:{type}`), bumped after every
+//! committed write of that type, and one epoch counter (`summary_epoch`) is shared by all
+//! types. Summaries are cached under `summary:{tenant}:{type}:{period}:e{epoch}:g{generation}`,
+//! with the epoch and generation read *before* the summary was computed, in the same script
+//! as the lookup. A read after a write therefore never sees a summary computed before it,
+//! even one that a slow reader stores late.
 //!
 //! Bumping the epoch makes every cached summary stale at once. A write of more than
 //! `MAX_TYPE_BUMPS` types bumps the epoch instead of its types, so that no round trip to
@@ -28,6 +31,7 @@ use redis::{AsyncCommands, Script};
 use crate::{
     metric::{Period, Summary},
     redis_connection::RedisConnection,
+    tenant::Tenant,
 };
 
 /// Generation counters outlive any cached summary by far; expiring them only bounds memory.
@@ -76,16 +80,18 @@ impl SummaryCache {
         }
     }
 
-    /// Looks a summary up. `Miss(None)` means the cache cannot be used for this type now.
-    pub async fn lookup(&self, metric_type: &str, period: Period) -> Lookup {
+    /// Looks a summary of the tenant's type up. `Miss(None)` means the cache cannot be used
+    /// for this type now.
+    pub async fn lookup(&self, tenant: &Tenant, metric_type: &str, period: Period) -> Lookup {
         self.flush_pending_bumps().await;
-        if self.pending().covers(metric_type) {
+        let tenant_type = tenant_type(tenant, metric_type);
+        if self.pending().covers(&tenant_type) {
             metrics::counter!("summary_cache_requests_total", "result" => "miss").increment(1);
             return Lookup::Miss(None);
         }
-        let key_prefix = summary_key_prefix(metric_type, period);
+        let key_prefix = summary_key_prefix(&tenant_type, period);
         let script = &self.lookup;
-        let keys = [EPOCH_KEY.to_owned(), generation_key(metric_type)];
+        let keys = [EPOCH_KEY.to_owned(), generation_key(&tenant_type)];
         let prefix = key_prefix.clone();
         let found = self
             .redis
@@ -134,24 +140,33 @@ impl SummaryCache {
             .await;
     }
 
-    /// Makes every cached summary of these types stale, in one round trip (the epoch's bump,
-    /// for more than `MAX_TYPE_BUMPS` types). Call after the write has committed.
-    pub async fn invalidate<'a>(&self, metric_types: impl IntoIterator<Item = &'a str>) {
-        let metric_types: Vec<&str> = metric_types.into_iter().collect();
-        let bumped = if metric_types.len() > MAX_TYPE_BUMPS {
+    /// Makes every cached summary of these (tenant, type) pairs stale, in one round trip (the
+    /// epoch's bump, for more than `MAX_TYPE_BUMPS` of them). Call after the write has
+    /// committed.
+    pub async fn invalidate<'a>(
+        &self,
+        metric_types: impl IntoIterator<Item = (&'a Tenant, &'a str)>,
+    ) {
+        let tenant_types: Vec<String> = metric_types
+            .into_iter()
+            .map(|(tenant, metric_type)| tenant_type(tenant, metric_type))
+            .collect();
+        let tenant_types: Vec<&str> = tenant_types.iter().map(String::as_str).collect();
+        let bumped = if tenant_types.len() > MAX_TYPE_BUMPS {
             self.bump_epoch().await
         } else {
-            self.bump_types(metric_types.iter().copied()).await
+            self.bump_types(tenant_types.iter().copied()).await
         };
         if !bumped {
-            self.pending().owe(&metric_types);
+            self.pending().owe(&tenant_types);
         }
     }
 
-    async fn bump_types<'a>(&self, metric_types: impl Iterator<Item = &'a str>) -> bool {
+    /// Bumps the generations of these `{tenant}:{type}` pairs.
+    async fn bump_types<'a>(&self, tenant_types: impl Iterator<Item = &'a str>) -> bool {
         let mut pipe = redis::pipe();
-        for metric_type in metric_types {
-            let key = generation_key(metric_type);
+        for tenant_type in tenant_types {
+            let key = generation_key(tenant_type);
             pipe.incr(&key, 1)
                 .ignore()
                 .expire(&key, GENERATION_TTL.as_secs() as i64)
@@ -178,7 +193,7 @@ impl SummaryCache {
         let bumped = match &flush {
             Flush::Epoch(_) => self.bump_epoch().await,
             Flush::Types(types) => {
-                self.bump_types(types.iter().map(|(metric_type, _)| metric_type.as_str()))
+                self.bump_types(types.iter().map(|(tenant_type, _)| tenant_type.as_str()))
                     .await
             }
         };
@@ -192,21 +207,27 @@ impl SummaryCache {
     }
 }
 
-fn generation_key(metric_type: &str) -> String {
-    format!("summary_gen:{metric_type}")
+/// A tenant's type as one part of a key, `{tenant}:{type}`: unambiguous, since a tenant has
+/// no ':' (a type may).
+fn tenant_type(tenant: &Tenant, metric_type: &str) -> String {
+    format!("{tenant}:{metric_type}")
+}
+
+fn generation_key(tenant_type: &str) -> String {
+    format!("summary_gen:{tenant_type}")
 }
 
 /// A summary's key up to its epoch; the lookup script appends the same as `summary_key`.
-fn summary_key_prefix(metric_type: &str, period: Period) -> String {
-    format!("summary:{metric_type}:{}:e", period.as_str())
+fn summary_key_prefix(tenant_type: &str, period: Period) -> String {
+    format!("summary:{tenant_type}:{}:e", period.as_str())
 }
 
 fn summary_key(prefix: &str, epoch: &str, generation: &str) -> String {
     format!("{prefix}{epoch}:g{generation}")
 }
 
-/// Bumps owed to Redis: the types whose bump failed, at most `bound` of them, or past that
-/// one epoch bump that covers every type. Each owed bump carries a stamp, so that a flush
+/// Bumps owed to Redis: the types (`{tenant}:{type}`) whose bump failed, at most `bound` of
+/// them, or past that one epoch bump that covers every type. Each owed bump carries a stamp, so that a flush
 /// clears only what it sent: a bump owed again while the flush was in flight (for a write
 /// that committed after the flush's bump) stays owed.
 #[derive(Debug)]
@@ -305,15 +326,40 @@ mod tests {
         }
     }
 
+    fn tenant(name: &str) -> Tenant {
+        name.parse().unwrap()
+    }
+
     #[test]
-    fn summary_keys_name_the_type_period_epoch_and_generation() {
-        assert_eq!(generation_key("cpu"), "summary_gen:cpu");
-        let prefix = summary_key_prefix("cpu", Period::Daily);
-        assert_eq!(summary_key(&prefix, "3", "17"), "summary:cpu:daily:e3:g17");
+    fn summary_keys_name_the_tenant_type_period_epoch_and_generation() {
+        let cpu = tenant_type(&tenant("acme"), "cpu");
+        assert_eq!(generation_key(&cpu), "summary_gen:acme:cpu");
+        let prefix = summary_key_prefix(&cpu, Period::Daily);
         assert_eq!(
-            summary_key(&summary_key_prefix("cpu", Period::All), "0", "0"),
-            "summary:cpu:all:e0:g0"
+            summary_key(&prefix, "3", "17"),
+            "summary:acme:cpu:daily:e3:g17"
         );
+        assert_eq!(
+            summary_key(&summary_key_prefix(&cpu, Period::All), "0", "0"),
+            "summary:acme:cpu:all:e0:g0"
+        );
+    }
+
+    #[test]
+    fn two_tenants_keys_for_the_same_type_differ() {
+        let (acme, default) = (tenant("acme"), Tenant::default_tenant());
+        let (of_acme, of_default) = (tenant_type(&acme, "cpu"), tenant_type(&default, "cpu"));
+        assert_ne!(generation_key(&of_acme), generation_key(&of_default));
+        assert_ne!(
+            summary_key_prefix(&of_acme, Period::All),
+            summary_key_prefix(&of_default, Period::All)
+        );
+        // A type may hold ':', a tenant never does: "a:b:c" is only ever tenant a's "b:c".
+        assert!("a:b".parse::<Tenant>().is_err());
+        let mut pending = PendingBumps::new(3);
+        pending.owe(&[&of_acme]);
+        assert!(pending.covers(&of_acme));
+        assert!(!pending.covers(&of_default));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use utoipa::{
     },
 };
 
-use crate::enrichment::EnrichmentData;
+use crate::{enrichment::EnrichmentData, tenant::Tenant};
 
 pub const MAX_TYPE_CHARS: usize = 100;
 pub const MAX_TAGS: usize = 32;
@@ -220,6 +220,14 @@ pub struct MetricPoint {
     pub metric_type: MetricType,
     #[schema(schema_with = tags_schema, required = false)]
     pub tags: Tags,
+}
+
+/// A point with the tenant it belongs to, as it is stored: a group commit mixes tenants in
+/// one insert, so each point carries its own (a cheap clone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPoint {
+    pub tenant: Tenant,
+    pub point: MetricPoint,
 }
 
 /// The tag rules as a schema (key rules need `propertyNames`, which the derive cannot express).

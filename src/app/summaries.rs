@@ -11,6 +11,7 @@ use crate::{
     enrichment::{Enrichment, EnrichmentClient},
     metric::{EnrichmentStatus, MetricType, Period, Summary},
     storage::{Storage, StorageError},
+    tenant::Tenant,
 };
 
 /// A summary whose enrichment failed is cached this long at most, so a recovered external
@@ -44,20 +45,26 @@ impl Summaries {
         }
     }
 
-    /// One type's summary over `period`; a dependency outage degrades it (no cache, no
-    /// enrichment) rather than failing it, except PostgreSQL's.
+    /// One type's summary of the tenant's points over `period`; a dependency outage degrades
+    /// it (no cache, no enrichment) rather than failing it, except PostgreSQL's. The
+    /// enrichment is of the type, the same for every tenant.
     pub async fn summary(
         &self,
+        tenant: &Tenant,
         metric_type: &MetricType,
         period: Period,
     ) -> Result<(Summary, CacheStatus), StorageError> {
-        let slot = match self.cache.lookup(metric_type.as_str(), period).await {
+        let slot = match self
+            .cache
+            .lookup(tenant, metric_type.as_str(), period)
+            .await
+        {
             Lookup::Hit(summary) => return Ok((*summary, CacheStatus::Hit)),
             Lookup::Miss(slot) => slot,
         };
         let (aggregates, enrichment) = tokio::join!(
             self.storage
-                .aggregate(metric_type, period.since(Utc::now())),
+                .aggregate(tenant, metric_type, period.since(Utc::now())),
             self.enrichment.enrich(metric_type.as_str()),
         );
         let (enrichment, enrichment_status) = match enrichment {

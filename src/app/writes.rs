@@ -1,12 +1,14 @@
 //! The write path, the one home of what happens to points the HTTP layer has decoded and
-//! validated: the `Idempotency-Key` (replayed, refused, or committed with the points), the
-//! insert, and the cache invalidation after every write that may have committed.
+//! validated, each in its tenant: the `Idempotency-Key` (replayed, refused, or committed with
+//! the points), the insert, and the cache invalidation after every write that may have
+//! committed.
 //!
 //! Concurrent unkeyed single writes are group-committed: coalesced into one multi-row insert,
 //! so one transaction (and one fsync) carries many points, while every writer still hears
 //! back only after its own row is committed. A group the database refuses is split until the
-//! refused points are alone, so a bad point fails only its own request. Batches and keyed
-//! writes are inserted on their own, in one statement (and transaction) each.
+//! refused points are alone, so a bad point fails only its own request. A group mixes tenants:
+//! each point carries its own. Batches and keyed writes are inserted on their own, in one
+//! statement (and transaction) each.
 
 use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc};
 
@@ -18,8 +20,9 @@ use crate::{
     cache::SummaryCache,
     coalesce::Coalescer,
     idempotency::{IN_FLIGHT_WAIT, KEY_TTL, KeyedRequest},
-    metric::{FieldError, MetricPoint, MetricType, RejectedPoint},
+    metric::{FieldError, MetricPoint, MetricType, RejectedPoint, TenantPoint},
     storage::{Claim, Storage, StorageError, Stored, StoredResponse},
+    tenant::Tenant,
 };
 
 /// Points in one group-committed insert, at most.
@@ -86,7 +89,7 @@ impl Receipt for BatchReceipt {
     }
 }
 
-type GroupCommit = Coalescer<MetricPoint, Result<Stored, StorageError>>;
+type GroupCommit = Coalescer<TenantPoint, Result<Stored, StorageError>>;
 
 #[derive(Clone)]
 pub struct Writes {
@@ -102,7 +105,7 @@ impl Writes {
         let group = Coalescer::start(
             MAX_GROUP_POINTS,
             MAX_CONCURRENT_INSERTS,
-            move |points: Vec<MetricPoint>, slot| {
+            move |points: Vec<TenantPoint>, slot| {
                 let (storage, cache) = (group_storage.clone(), group_cache.clone());
                 async move {
                     let outcomes = insert_isolating(&storage, &points).await;
@@ -125,9 +128,11 @@ impl Writes {
         }
     }
 
-    /// Stores one point; returns once it is committed and summaries reflect it.
+    /// Stores one point of the tenant; returns once it is committed and the tenant's
+    /// summaries reflect it.
     pub async fn write_point(
         &self,
+        tenant: Tenant,
         point: MetricPoint,
         key: Option<&KeyedRequest>,
     ) -> Result<Written<PointReceipt>, WriteError> {
@@ -137,8 +142,9 @@ impl Writes {
             metric_type,
             timestamp: stored.received_at,
         };
+        let metric_type = point.metric_type.clone();
+        let point = TenantPoint { tenant, point };
         let Some(key) = key else {
-            let metric_type = point.metric_type.clone();
             let stored = self.group.submit(point).await.unwrap_or_else(|| {
                 Err(StorageError::Unavailable(
                     "the ingestion task has stopped".into(),
@@ -146,17 +152,17 @@ impl Writes {
             })?;
             return Ok(Written::Fresh(receipt(metric_type, &stored)));
         };
-        let metric_type = point.metric_type.clone();
         self.write_keyed(key, std::slice::from_ref(&point), |stored| {
             receipt(metric_type, &stored[0])
         })
         .await
     }
 
-    /// Stores a batch's valid points in one statement; the invalid ones are listed in the
-    /// receipt. A batch without a valid point is refused whole.
+    /// Stores a batch's valid points, all of the tenant, in one statement; the invalid ones
+    /// are listed in the receipt. A batch without a valid point is refused whole.
     pub async fn write_batch(
         &self,
+        tenant: Tenant,
         points: Vec<MetricPoint>,
         rejected: Vec<RejectedPoint>,
         key: Option<&KeyedRequest>,
@@ -168,6 +174,13 @@ impl Writes {
             accepted: stored.len(),
             rejected,
         };
+        let points: Vec<TenantPoint> = points
+            .into_iter()
+            .map(|point| TenantPoint {
+                tenant: tenant.clone(),
+                point,
+            })
+            .collect();
         let Some(key) = key else {
             let inserted = self.storage.insert_metrics(&points).await;
             let stored = self.after_write(&points, inserted).await?;
@@ -181,7 +194,7 @@ impl Writes {
     async fn write_keyed<R: Receipt>(
         &self,
         key: &KeyedRequest,
-        points: &[MetricPoint],
+        points: &[TenantPoint],
         receipt: impl FnOnce(&[Stored]) -> R,
     ) -> Result<Written<R>, WriteError> {
         // Boxed: the transaction's futures are large, and inline they would make every write
@@ -204,11 +217,11 @@ impl Writes {
         Ok(Written::Fresh(receipt))
     }
 
-    /// Makes summaries of the written types stale once a write may have committed: a summary
-    /// must not be served from before it.
+    /// Makes summaries of the written tenants' types stale once a write may have committed: a
+    /// summary must not be served from before it.
     async fn after_write<T>(
         &self,
-        points: &[MetricPoint],
+        points: &[TenantPoint],
         outcome: Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         if may_have_committed(&outcome) {
@@ -225,8 +238,11 @@ fn may_have_committed<T>(outcome: &Result<T, StorageError>) -> bool {
         .map_or_else(StorageError::may_have_committed, |_| true)
 }
 
-async fn invalidate<'a>(cache: &SummaryCache, points: impl IntoIterator<Item = &'a MetricPoint>) {
-    let types: BTreeSet<&str> = points.into_iter().map(|p| p.metric_type.as_str()).collect();
+async fn invalidate<'a>(cache: &SummaryCache, points: impl IntoIterator<Item = &'a TenantPoint>) {
+    let types: BTreeSet<(&Tenant, &str)> = points
+        .into_iter()
+        .map(|p| (&p.tenant, p.point.metric_type.as_str()))
+        .collect();
     if !types.is_empty() {
         cache.invalidate(types).await;
     }
@@ -236,7 +252,7 @@ type Outcomes<'a> = Pin<Box<dyn Future<Output = Vec<Result<Stored, StorageError>
 
 /// Inserts a group in one statement; when the database refuses it, halves it until each
 /// refused point is alone, so only the culprits fail (a few statements per culprit).
-fn insert_isolating<'a>(storage: &'a Storage, points: &'a [MetricPoint]) -> Outcomes<'a> {
+fn insert_isolating<'a>(storage: &'a Storage, points: &'a [TenantPoint]) -> Outcomes<'a> {
     Box::pin(async move {
         match storage.insert_metrics(points).await {
             Ok(stored) => stored.into_iter().map(Ok).collect(),

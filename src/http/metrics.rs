@@ -18,7 +18,7 @@ use super::{
     AppState,
     decode::MAX_BATCH_POINTS,
     error::{ApiError, ErrorBody, Result},
-    extract::{ApiQuery, Batch, OnePoint, WriteBody},
+    extract::{ApiQuery, Batch, CallerTenant, OnePoint, WriteBody},
 };
 use crate::{
     app::{
@@ -64,9 +64,13 @@ const IDEMPOTENCY_KEY_DESCRIPTION: &str = "1 to 255 visible ASCII characters, e.
 )]
 pub(super) async fn create_metric(
     State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
     WriteBody { body, key }: WriteBody<OnePoint>,
 ) -> Result<Response> {
-    let written = state.writes.write_point(body.value, key.as_ref()).await?;
+    let written = state
+        .writes
+        .write_point(tenant, body.value, key.as_ref())
+        .await?;
     Ok(answer(written))
 }
 
@@ -140,6 +144,7 @@ impl ToSchema for MetricBatch {}
 )]
 pub(super) async fn create_batch(
     State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
     WriteBody { body, key }: WriteBody<Batch>,
 ) -> Result<Response> {
     let batch = body.value;
@@ -148,7 +153,7 @@ pub(super) async fn create_batch(
     span.record("rejected", batch.rejected.len());
     let written = state
         .writes
-        .write_batch(batch.points, batch.rejected, key.as_ref())
+        .write_batch(tenant, batch.points, batch.rejected, key.as_ref())
         .await?;
     Ok(answer(written))
 }
@@ -184,10 +189,14 @@ pub(super) struct SummaryParams {
 )]
 pub(super) async fn summary(
     State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
     ApiQuery(params): ApiQuery<SummaryParams>,
 ) -> Result<Response> {
     let metric_type = required(params.metric_type, "type")?;
-    let (summary, cache) = state.summaries.summary(&metric_type, params.period).await?;
+    let (summary, cache) = state
+        .summaries
+        .summary(&tenant, &metric_type, params.period)
+        .await?;
     let mut response = Json(summary).into_response();
     let cache = match cache {
         CacheStatus::Hit => "HIT",
@@ -250,6 +259,7 @@ pub(super) struct Series {
 )]
 pub(super) async fn series(
     State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
     ApiQuery(params): ApiQuery<SeriesParams>,
 ) -> Result<Json<Series>> {
     let metric_type = required(params.metric_type, "type")?;
@@ -257,7 +267,7 @@ pub(super) async fn series(
     let to = required(params.to, "to")?;
     let range = SeriesRange::new(params.bucket, from, to)
         .map_err(|error| ApiError::InvalidQuery(vec![error]))?;
-    let buckets = state.storage.series(&metric_type, range).await?;
+    let buckets = state.storage.series(&tenant, &metric_type, range).await?;
     Ok(Json(Series {
         metric_type,
         bucket: range.bucket,
@@ -305,11 +315,12 @@ pub(super) struct ListParams {
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<StoredMetric>>> {
     let points = state
         .storage
-        .list_metrics(params.metric_type.as_ref(), params.limit)
+        .list_metrics(&tenant, params.metric_type.as_ref(), params.limit)
         .await?;
     Ok(Json(points))
 }

@@ -10,7 +10,7 @@ use super::{
     Storage, StorageError,
     metrics::{Stored, count_ingested, insert_points},
 };
-use crate::{idempotency::KeyedRequest, metric::MetricPoint};
+use crate::{idempotency::KeyedRequest, metric::TenantPoint};
 
 /// PostgreSQL's lock_not_available: the wait for a concurrent request's key ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -173,7 +173,7 @@ async fn first_response(
 impl KeyedTransaction {
     /// Inserts the points (with their rollup deltas) in this transaction; the result is in
     /// their order.
-    pub async fn insert(&mut self, points: &[MetricPoint]) -> Result<Vec<Stored>, StorageError> {
+    pub async fn insert(&mut self, points: &[TenantPoint]) -> Result<Vec<Stored>, StorageError> {
         let stored = self
             .storage
             .run(insert_points(&mut self.transaction, points))

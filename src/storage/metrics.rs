@@ -7,8 +7,9 @@ use sqlx::{PgConnection, PgExecutor, types::Json};
 
 use super::{Storage, StorageError};
 use crate::{
-    metric::{MetricPoint, MetricType, StoredMetric},
+    metric::{MetricType, StoredMetric, TenantPoint},
     sketch::QuantileSketch,
+    tenant::Tenant,
 };
 
 /// What the database assigned to a stored point.
@@ -18,9 +19,11 @@ pub struct Stored {
     pub received_at: DateTime<Utc>,
 }
 
-/// A batch's aggregates per type and UTC minute, as columns for `metric_rollup_deltas`.
-#[derive(Default)]
+/// A batch's aggregates per tenant, type and UTC minute, as columns for
+/// `metric_rollup_deltas`.
+#[derive(Debug, Default)]
 struct MinuteDeltas<'a> {
+    tenants: Vec<&'a str>,
     types: Vec<&'a str>,
     minutes: Vec<DateTime<Utc>>,
     counts: Vec<i64>,
@@ -35,24 +38,26 @@ struct MinuteDeltas<'a> {
 }
 
 impl<'a> MinuteDeltas<'a> {
-    fn of(points: &'a [MetricPoint]) -> Self {
-        let mut groups: BTreeMap<(&str, i64), Vec<usize>> = BTreeMap::new();
-        for (position, point) in points.iter().enumerate() {
+    fn of(points: &'a [TenantPoint]) -> Self {
+        let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
+        for (position, TenantPoint { tenant, point }) in points.iter().enumerate() {
             let minute = point.timestamp.timestamp().div_euclid(60) * 60;
             groups
-                .entry((point.metric_type.as_str(), minute))
+                .entry((tenant.as_str(), point.metric_type.as_str(), minute))
                 .or_default()
                 .push(position);
         }
+        let point_at = |i: usize| &points[i].point;
         let mut deltas = Self::default();
-        for ((metric_type, minute), positions) in groups {
-            let values = positions.iter().map(|&i| points[i].value);
+        for ((tenant, metric_type, minute), positions) in groups {
+            let values = positions.iter().map(|&i| point_at(i).value);
             let mut sketch = QuantileSketch::new();
             values.clone().for_each(|v| sketch.insert(v));
             let latest = *positions
                 .iter()
-                .max_by_key(|&&i| (points[i].timestamp, i))
+                .max_by_key(|&&i| (point_at(i).timestamp, i))
                 .expect("a group holds at least one point");
+            deltas.tenants.push(tenant);
             deltas.types.push(metric_type);
             deltas
                 .minutes
@@ -63,9 +68,9 @@ impl<'a> MinuteDeltas<'a> {
                 .mins
                 .push(values.clone().fold(f64::INFINITY, f64::min));
             deltas.maxes.push(values.fold(f64::NEG_INFINITY, f64::max));
-            deltas.latest_at.push(points[latest].timestamp);
+            deltas.latest_at.push(point_at(latest).timestamp);
             deltas.latest_positions.push(latest as i64);
-            deltas.latest_values.push(points[latest].value);
+            deltas.latest_values.push(point_at(latest).value);
             deltas.sketches.push(sketch.to_json());
         }
         deltas
@@ -73,11 +78,12 @@ impl<'a> MinuteDeltas<'a> {
 }
 
 impl Storage {
-    /// Stores the points in one statement (one transaction); the result is in their order.
+    /// Stores the points, each in its tenant, in one transaction; the result is in their
+    /// order.
     #[tracing::instrument(skip_all, fields(points = points.len()))]
     pub async fn insert_metrics(
         &self,
-        points: &[MetricPoint],
+        points: &[TenantPoint],
     ) -> Result<Vec<Stored>, StorageError> {
         let stored = if statements(points).nth(1).is_none() {
             self.run(insert_statement(&self.pool, points)).await?
@@ -92,10 +98,11 @@ impl Storage {
         Ok(stored)
     }
 
-    /// The newest points first, of one type or of all.
+    /// The tenant's newest points first, of one type or of all.
     #[tracing::instrument(skip(self))]
     pub async fn list_metrics(
         &self,
+        tenant: &Tenant,
         metric_type: Option<&MetricType>,
         limit: i64,
     ) -> Result<Vec<StoredMetric>, StorageError> {
@@ -104,10 +111,11 @@ impl Storage {
             r#"
             select id, metric_type, value, recorded_at, tags as "tags: Json<BTreeMap<String, String>>"
             from metrics
-            where $1::text is null or metric_type = $1
+            where tenant = $1 and ($2::text is null or metric_type = $2)
             order by recorded_at desc, id desc
-            limit $2
+            limit $3
             "#,
+            tenant.as_str(),
             metric_type.map(MetricType::as_str),
             limit,
         )
@@ -137,7 +145,7 @@ pub(super) fn count_ingested(stored: &[Stored]) {
 pub const MAX_STATEMENT_BYTES: usize = 512 * 1024;
 
 /// The points, split into runs of at most [`MAX_STATEMENT_BYTES`] (and at least one point).
-fn statements(points: &[MetricPoint]) -> impl Iterator<Item = &[MetricPoint]> {
+fn statements(points: &[TenantPoint]) -> impl Iterator<Item = &[TenantPoint]> {
     let mut rest = points;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -146,9 +154,12 @@ fn statements(points: &[MetricPoint]) -> impl Iterator<Item = &[MetricPoint]> {
         let mut bytes = 0;
         let end = rest
             .iter()
-            .position(|point| {
-                // Type and tags as text, and the fixed-size columns.
-                bytes += point.metric_type.as_str().len() + point.tags.as_json().len() + 32;
+            .position(|TenantPoint { tenant, point }| {
+                // Tenant, type and tags as text, and the fixed-size columns.
+                bytes += tenant.as_str().len()
+                    + point.metric_type.as_str().len()
+                    + point.tags.as_json().len()
+                    + 32;
                 bytes > MAX_STATEMENT_BYTES
             })
             .unwrap_or(rest.len())
@@ -163,7 +174,7 @@ fn statements(points: &[MetricPoint]) -> impl Iterator<Item = &[MetricPoint]> {
 /// caller's transaction makes them one); the result is in their order.
 pub(super) async fn insert_points(
     connection: &mut PgConnection,
-    points: &[MetricPoint],
+    points: &[TenantPoint],
 ) -> Result<Vec<Stored>, sqlx::Error> {
     let mut stored = Vec::with_capacity(points.len());
     for run in statements(points) {
@@ -175,13 +186,15 @@ pub(super) async fn insert_points(
 /// Inserts the points and their rollup deltas in one statement; the result is in their order.
 async fn insert_statement<'e>(
     executor: impl PgExecutor<'e>,
-    points: &[MetricPoint],
+    points: &[TenantPoint],
 ) -> Result<Vec<Stored>, sqlx::Error> {
+    let mut tenants = Vec::with_capacity(points.len());
     let mut types = Vec::with_capacity(points.len());
     let mut values = Vec::with_capacity(points.len());
     let mut recorded = Vec::with_capacity(points.len());
     let mut tags = Vec::with_capacity(points.len());
-    for point in points {
+    for TenantPoint { tenant, point } in points {
+        tenants.push(tenant.as_str());
         types.push(point.metric_type.as_str());
         values.push(point.value);
         recorded.push(point.timestamp);
@@ -196,8 +209,9 @@ async fn insert_statement<'e>(
         // language=PostgreSQL
         r#"
         with inserted as (
-            insert into metrics (metric_type, value, recorded_at, tags)
-            select t, v, r, g::jsonb from unnest($1::text[], $2::float8[], $3::timestamptz[], $4::text[]) as u (t, v, r, g)
+            insert into metrics (tenant, metric_type, value, recorded_at, tags)
+            select n, t, v, r, g::jsonb
+            from unnest($1::text[], $2::text[], $3::float8[], $4::timestamptz[], $5::text[]) as u (n, t, v, r, g)
             returning id, ingested_at
         ),
         positions as (
@@ -205,21 +219,23 @@ async fn insert_statement<'e>(
         ),
         deltas as (
             insert into metric_rollup_deltas
-                (metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
-            select d.metric_type, d.minute, d.count, d.sum, d.min, d.max, d.latest_at, p.id,
+                (tenant, metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
+            select d.tenant, d.metric_type, d.minute, d.count, d.sum, d.min, d.max, d.latest_at, p.id,
                    d.latest_value, d.sketch
-            from unnest($5::text[], $6::timestamptz[], $7::int8[], $8::float8[], $9::float8[],
-                        $10::float8[], $11::timestamptz[], $12::int8[], $13::float8[], $14::jsonb[])
-                 as d (metric_type, minute, count, sum, min, max, latest_at, latest_position,
+            from unnest($6::text[], $7::text[], $8::timestamptz[], $9::int8[], $10::float8[], $11::float8[],
+                        $12::float8[], $13::timestamptz[], $14::int8[], $15::float8[], $16::jsonb[])
+                 as d (tenant, metric_type, minute, count, sum, min, max, latest_at, latest_position,
                        latest_value, sketch)
             join positions p on p.position = d.latest_position
         )
         select id as "id!", ingested_at as "ingested_at!" from inserted
         "#,
+        &tenants as &[&str],
         &types as &[&str],
         &values,
         &recorded,
         &tags as &[&str],
+        &deltas.tenants as &[&str],
         &deltas.types as &[&str],
         &deltas.minutes,
         &deltas.counts,
@@ -248,22 +264,37 @@ async fn insert_statement<'e>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metric::Tags;
+    use crate::metric::{MetricPoint, Tags};
 
-    fn point(tag_bytes: usize) -> MetricPoint {
+    fn point(tag_bytes: usize) -> TenantPoint {
         let tags = BTreeMap::from([("k".to_owned(), "v".repeat(tag_bytes))]);
-        MetricPoint {
-            timestamp: DateTime::UNIX_EPOCH,
-            value: 1.0,
-            metric_type: "t".parse().unwrap(),
-            tags: Tags::from_checked(&tags),
+        TenantPoint {
+            tenant: Tenant::default_tenant(),
+            point: MetricPoint {
+                timestamp: DateTime::UNIX_EPOCH,
+                value: 1.0,
+                metric_type: "t".parse().unwrap(),
+                tags: Tags::from_checked(&tags),
+            },
+        }
+    }
+
+    fn at(tenant: &str, metric_type: &str, seconds: i64, value: f64) -> TenantPoint {
+        TenantPoint {
+            tenant: tenant.parse().unwrap(),
+            point: MetricPoint {
+                timestamp: DateTime::from_timestamp(seconds, 0).unwrap(),
+                value,
+                metric_type: metric_type.parse().unwrap(),
+                tags: Tags::default(),
+            },
         }
     }
 
     #[test]
     fn statements_are_bounded_in_bytes_and_cover_every_point_in_order() {
-        let points: Vec<MetricPoint> = (0..10).map(|_| point(200 * 1024)).collect();
-        let runs: Vec<&[MetricPoint]> = statements(&points).collect();
+        let points: Vec<TenantPoint> = (0..10).map(|_| point(200 * 1024)).collect();
+        let runs: Vec<&[TenantPoint]> = statements(&points).collect();
         assert_eq!(
             runs.iter().map(|run| run.len()).collect::<Vec<_>>(),
             [2, 2, 2, 2, 2]
@@ -274,8 +305,42 @@ mod tests {
             statements(&huge).map(<[_]>::len).collect::<Vec<_>>(),
             [1, 1]
         );
-        let small: Vec<MetricPoint> = (0..1000).map(|_| point(10)).collect();
+        let small: Vec<TenantPoint> = (0..1000).map(|_| point(10)).collect();
         assert_eq!(statements(&small).count(), 1);
         assert_eq!(statements(&[]).count(), 0);
+    }
+
+    #[test]
+    fn deltas_are_per_tenant_type_and_minute() {
+        let points = [
+            at("acme", "cpu", 60, 1.0),
+            at("default", "cpu", 61, 2.0),
+            at("acme", "cpu", 119, 3.0),
+            at("acme", "cpu", 120, 4.0),
+            at("acme", "mem", 60, 5.0),
+            at("default", "cpu", 62, 6.0),
+        ];
+        let deltas = MinuteDeltas::of(&points);
+        let groups: Vec<(&str, &str, i64, i64, f64, i64)> = (0..deltas.tenants.len())
+            .map(|i| {
+                (
+                    deltas.tenants[i],
+                    deltas.types[i],
+                    deltas.minutes[i].timestamp(),
+                    deltas.counts[i],
+                    deltas.sums[i],
+                    deltas.latest_positions[i],
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("acme", "cpu", 60, 2, 4.0, 2),
+                ("acme", "cpu", 120, 1, 4.0, 3),
+                ("acme", "mem", 60, 1, 5.0, 4),
+                ("default", "cpu", 60, 2, 8.0, 5),
+            ]
+        );
     }
 }

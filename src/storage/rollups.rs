@@ -10,6 +10,7 @@ use super::{Storage, StorageError};
 use crate::{
     metric::{Aggregates, MetricType, SeriesBucket, SeriesPoint, SeriesRange, floor},
     sketch::QuantileSketch,
+    tenant::Tenant,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,12 +113,13 @@ fn plan(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
 }
 
 impl Storage {
-    /// Aggregates one type's points recorded at or after `since` (all of them for `None`)
-    /// from the rollups, in one query. Count, sum, min, max and latest are exact; the
+    /// Aggregates one type's points of the tenant recorded at or after `since` (all of them
+    /// for `None`) from the rollups, in one query. Count, sum, min, max and latest are exact; the
     /// percentiles come from the merged sketches (within 0.5% relative error).
     #[tracing::instrument(skip(self))]
     pub async fn aggregate(
         &self,
+        tenant: &Tenant,
         metric_type: &MetricType,
         since: Option<DateTime<Utc>>,
     ) -> Result<Aggregates, StorageError> {
@@ -132,14 +134,14 @@ impl Storage {
             r#"
             with parts as (
                 select r.count, r.sum, r.min, r.max, r.latest_at, r.latest_id, r.latest_value, r.sketch
-                from unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) as s (resolution, from_ts, to_ts)
+                from unnest($3::text[], $4::timestamptz[], $5::timestamptz[]) as s (resolution, from_ts, to_ts)
                 join metric_rollups r
-                  on r.metric_type = $1 and r.resolution = s.resolution
+                  on r.tenant = $1 and r.metric_type = $2 and r.resolution = s.resolution
                  and r.bucket_start >= s.from_ts and r.bucket_start < s.to_ts
                 union all
                 select d.count, d.sum, d.min, d.max, d.latest_at, d.latest_id, d.latest_value, d.sketch
                 from metric_rollup_deltas d
-                where d.metric_type = $1 and d.minute >= $7
+                where d.tenant = $1 and d.metric_type = $2 and d.minute >= $8
                 union all
                 select count(*), sum(value), min(value), max(value),
                        (array_agg(recorded_at order by recorded_at desc, id desc))[1],
@@ -147,7 +149,7 @@ impl Storage {
                        (array_agg(value order by recorded_at desc, id desc))[1],
                        metric_sketch_of(array_agg(value))
                 from metrics
-                where metric_type = $1 and recorded_at >= $5 and recorded_at < $6
+                where tenant = $1 and metric_type = $2 and recorded_at >= $6 and recorded_at < $7
                 having count(*) > 0
             )
             select
@@ -159,6 +161,7 @@ impl Storage {
                 metric_sketch_merge_all(array_agg(sketch)) as sketch
             from parts
             "#,
+            tenant.as_str(),
             metric_type.as_str(),
             &resolutions as &[&str],
             &starts,
@@ -199,10 +202,11 @@ fn resolution_of(bucket: SeriesBucket) -> Resolution {
 }
 
 impl Storage {
-    /// The range's buckets, empty ones included.
+    /// The range's buckets of one type of the tenant, empty ones included.
     #[tracing::instrument(skip(self))]
     pub async fn series(
         &self,
+        tenant: &Tenant,
         metric_type: &MetricType,
         range: SeriesRange,
     ) -> Result<Vec<SeriesPoint>, StorageError> {
@@ -213,24 +217,26 @@ impl Storage {
             with parts as (
                 select bucket_start as start, count, sum, min, max
                 from metric_rollups
-                where metric_type = $1 and resolution = $2
-                  and bucket_start >= $3 and bucket_start <= $4
+                where tenant = $1 and metric_type = $2 and resolution = $3
+                  and bucket_start >= $4 and bucket_start <= $5
                 union all
                 select minute, count, sum, min, max
                 from metric_rollup_deltas
-                where metric_type = $1 and minute >= $3 and minute < $4::timestamptz + $5::bigint * interval '1 second'
+                where tenant = $1 and metric_type = $2
+                  and minute >= $4 and minute < $5::timestamptz + $6::bigint * interval '1 second'
             )
             select b.start as "start!",
                    coalesce(sum(p.count), 0)::bigint as "count!",
                    sum(p.sum) / nullif(sum(p.count), 0) as avg,
                    min(p.min) as min,
                    max(p.max) as max
-            from generate_series($3::timestamptz, $4::timestamptz, $5::bigint * interval '1 second') as b (start)
+            from generate_series($4::timestamptz, $5::timestamptz, $6::bigint * interval '1 second') as b (start)
             left join parts p
-              on p.start >= b.start and p.start < b.start + $5::bigint * interval '1 second'
+              on p.start >= b.start and p.start < b.start + $6::bigint * interval '1 second'
             group by b.start
             order by b.start
             "#,
+            tenant.as_str(),
             metric_type.as_str(),
             resolution_of(range.bucket).as_str(),
             range.first,
@@ -257,11 +263,11 @@ impl Storage {
                 delete from metric_rollup_deltas d
                 using (select id from metric_rollup_deltas order by id limit $1 for update skip locked) picked
                 where d.id = picked.id
-                returning d.metric_type, d.minute, d.count, d.sum, d.min, d.max,
+                returning d.tenant, d.metric_type, d.minute, d.count, d.sum, d.min, d.max,
                           d.latest_at, d.latest_id, d.latest_value, d.sketch
             ),
             rolled as (
-                select metric_type, resolution, date_trunc(resolution, minute, 'UTC') as bucket_start,
+                select tenant, metric_type, resolution, date_trunc(resolution, minute, 'UTC') as bucket_start,
                        sum(count)::bigint, sum(sum), min(min), max(max),
                        (array_agg(latest_at order by latest_at desc, latest_id desc))[1],
                        (array_agg(latest_id order by latest_at desc, latest_id desc))[1],
@@ -269,13 +275,15 @@ impl Storage {
                        metric_sketch_merge_all(array_agg(sketch))
                 from moved
                 cross join (values ('minute'), ('hour'), ('day')) as resolutions (resolution)
-                group by 1, 2, 3
+                group by 1, 2, 3, 4
             ),
             upserted as (
                 -- In key order, so concurrent compactions lock rows in the same order.
                 insert into metric_rollups as r
-                select * from rolled order by metric_type, resolution, bucket_start
-                on conflict (metric_type, resolution, bucket_start) do update set
+                    (tenant, metric_type, resolution, bucket_start, count, sum, min, max,
+                     latest_at, latest_id, latest_value, sketch)
+                select * from rolled order by tenant, metric_type, resolution, bucket_start
+                on conflict (tenant, metric_type, resolution, bucket_start) do update set
                     count = r.count + excluded.count,
                     sum = r.sum + excluded.sum,
                     min = least(r.min, excluded.min),

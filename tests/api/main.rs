@@ -17,3 +17,4 @@ mod outages;
 mod rate_limit;
 mod series;
 mod summary;
+mod tenants;
