@@ -23,7 +23,6 @@ use crate::{
     client::ClientId,
     idempotency::{Fingerprinter, IdempotencyKey, KeyedRequest},
     metric::{FieldError, MetricPoint},
-    tenant::Tenant,
 };
 
 /// The request header that makes a write idempotent.
@@ -159,18 +158,6 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for ApiJson<T> 
         )
         .await?;
         Ok(Self(decoded.value))
-    }
-}
-
-/// The tenant a request acts for. For now every request's is the default tenant; the
-/// authentication layer will replace this with the tenant of the caller's key.
-pub(super) struct CallerTenant(pub(super) Tenant);
-
-impl<S: Send + Sync> FromRequestParts<S> for CallerTenant {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(Tenant::default_tenant()))
     }
 }
 

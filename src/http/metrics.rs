@@ -18,13 +18,14 @@ use super::{
     AppState,
     decode::MAX_BATCH_POINTS,
     error::{ApiError, ErrorBody, Result},
-    extract::{ApiQuery, Batch, CallerTenant, OnePoint, WriteBody},
+    extract::{ApiQuery, Batch, OnePoint, WriteBody},
 };
 use crate::{
     app::{
         summaries::CacheStatus,
         writes::{BatchReceipt, PointReceipt, Receipt, Written},
     },
+    auth::Caller,
     metric::{
         FieldError, MetricPoint, MetricType, Period, SeriesBucket, SeriesPoint, SeriesRange,
         StoredMetric, Summary, parse_timestamp,
@@ -36,8 +37,8 @@ const MAX_LIST_LIMIT: i64 = 1000;
 
 const IDEMPOTENCY_KEY_DESCRIPTION: &str = "1 to 255 visible ASCII characters, e.g. a UUID. \
     Repeating the request with the same key within 24 hours returns the first response and \
-    writes nothing; the same key with another body gets a 422. Keys are the sending client's \
-    own: another client's key of the same text is another key.";
+    writes nothing; the same key with another body gets a 422. Keys are the tenant's own (with \
+    AUTH_MODE=off, the sending client's): another tenant's key of the same text is another key.";
 
 /// Store one metric point. A 201 means the row is committed in PostgreSQL.
 #[utoipa::path(
@@ -64,7 +65,7 @@ const IDEMPOTENCY_KEY_DESCRIPTION: &str = "1 to 255 visible ASCII characters, e.
 )]
 pub(super) async fn create_metric(
     State(state): State<AppState>,
-    CallerTenant(tenant): CallerTenant,
+    Caller { tenant, .. }: Caller,
     WriteBody { body, key }: WriteBody<OnePoint>,
 ) -> Result<Response> {
     let written = state
@@ -144,7 +145,7 @@ impl ToSchema for MetricBatch {}
 )]
 pub(super) async fn create_batch(
     State(state): State<AppState>,
-    CallerTenant(tenant): CallerTenant,
+    Caller { tenant, .. }: Caller,
     WriteBody { body, key }: WriteBody<Batch>,
 ) -> Result<Response> {
     let batch = body.value;
@@ -189,7 +190,7 @@ pub(super) struct SummaryParams {
 )]
 pub(super) async fn summary(
     State(state): State<AppState>,
-    CallerTenant(tenant): CallerTenant,
+    Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<SummaryParams>,
 ) -> Result<Response> {
     let metric_type = required(params.metric_type, "type")?;
@@ -259,7 +260,7 @@ pub(super) struct Series {
 )]
 pub(super) async fn series(
     State(state): State<AppState>,
-    CallerTenant(tenant): CallerTenant,
+    Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<SeriesParams>,
 ) -> Result<Json<Series>> {
     let metric_type = required(params.metric_type, "type")?;
@@ -315,7 +316,7 @@ pub(super) struct ListParams {
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
-    CallerTenant(tenant): CallerTenant,
+    Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<StoredMetric>>> {
     let points = state
