@@ -93,7 +93,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "rate_limit_decisions_total",
-        "Rate-limit decisions by decision (allowed, limited) and source (redis, local: Redis was away)"
+        "Rate-limit decisions by limiter (rate_limit: writes, auth_failures: failed authentications), decision (allowed, limited) and source (redis, local: Redis was away)"
     );
     describe_gauge!(
         "circuit_breaker_state",

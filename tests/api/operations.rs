@@ -111,7 +111,7 @@ async fn the_metrics_endpoint_reports_real_traffic() {
         r#"http_request_duration_seconds_bucket{method="GET",route="/api/metrics/summary",le="0.005"}"#,
         r#"summary_cache_requests_total{result="hit"}"#,
         r#"summary_cache_requests_total{result="miss"}"#,
-        r#"rate_limit_decisions_total{decision="allowed",source="redis"}"#,
+        r#"rate_limit_decisions_total{limiter="rate_limit",decision="allowed",source="redis"}"#,
         r#"enrichment_calls_total{outcome="ok"}"#,
         "circuit_breaker_state ",
         "db_pool_connections ",
