@@ -891,18 +891,46 @@ async fn no_secret_is_written_to_any_table_or_log_line() {
         )
         .await;
     assert_eq!(response.status(), 200);
-    time_until_refused(&api, &from_api.key, Duration::from_secs(5)).await;
+    let (message, _) = time_until_refused(&api, &from_api.key, Duration::from_secs(5)).await;
+    assert_eq!(message, "the API key has been revoked");
+    // And the other one from the command line.
+    let revoke = run_binary(
+        &app.settings.database_url,
+        &["keys", "revoke", &from_cli.id],
+    );
+    assert!(revoke.status.success(), "{revoke:?}");
+    let revoked: Value = serde_json::from_slice(&revoke.stdout).unwrap();
+    assert_eq!(revoked["id"], from_cli.id.as_str());
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let (message, _) = time_until_refused(&api, &from_cli.key, Duration::from_secs(5)).await;
+    assert_eq!(message, "the API key has been revoked");
 
     let secrets = [from_cli.secret(), from_api.secret(), secret_of(&bootstrap)];
     let lines = server.log_lines();
+    // The log is not silent about keys: it names them by id.
     assert!(
         lines
             .iter()
             .any(|line| line.contains("API key created") && line.contains(&from_api.id)),
         "the log holds the key's creation, by id: {lines:#?}"
     );
+    assert!(
+        lines.iter().any(|line| line.contains(&from_cli.id)),
+        "requests made with a key are logged with its id: {lines:#?}"
+    );
+    let cli_output = [stdout.as_str(), stderr.as_str()].concat()
+        + &String::from_utf8_lossy(&revoke.stdout)
+        + &String::from_utf8_lossy(&revoke.stderr);
+    assert!(
+        leaks(&cli_output, from_cli.secret()),
+        "keys create shows the secret once"
+    );
+    let after_creation = &cli_output[stdout.len()..];
     for secret in secrets {
-        assert!(!leaks(&stderr, secret), "the CLI's stderr: {stderr}");
+        assert!(
+            !leaks(after_creation, secret),
+            "the CLI's other output: {after_creation}"
+        );
         for line in &lines {
             assert!(!leaks(line, secret), "a log line holds a secret: {line}");
         }
