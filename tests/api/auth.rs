@@ -514,6 +514,96 @@ async fn the_bootstrap_admin_key_manages_keys_but_cannot_write_or_read_points() 
     assert_eq!(app.count_rows("boot").await, 0);
 }
 
+#[tokio::test]
+async fn a_key_is_made_only_from_a_valid_tenant_scopes_quota_and_expiry() {
+    let bootstrap = ApiKey::generate();
+    let app = spawn_app_with(|s| required(s, &bootstrap)).await;
+    let api = Api::of(&app);
+    let admin = bootstrap.reveal();
+    api.wait_for_admin_key(&app, &admin).await;
+    let longest_tenant = "t".repeat(64);
+    for (new, field) in [
+        (json!({"tenant": "Acme", "scopes": ["read"]}), "body"),
+        (json!({"tenant": "", "scopes": ["read"]}), "body"),
+        (json!({"tenant": "-acme", "scopes": ["read"]}), "body"),
+        (
+            json!({"tenant": format!("{longest_tenant}t"), "scopes": ["read"]}),
+            "body",
+        ),
+        (json!({"tenant": "acme", "scopes": []}), "body"),
+        (json!({"tenant": "acme", "scopes": ["root"]}), "body"),
+        (json!({"tenant": "acme"}), "body"),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "quota": "0/60"}),
+            "body",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "quota": "10/0"}),
+            "body",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "quota": "ten"}),
+            "body",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "quota": "1000000001/60"}),
+            "body",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "expires_in_days": 0}),
+            "expires_in_days",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "expires_in_days": 3651}),
+            "expires_in_days",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "expires_in_days": -1}),
+            "body",
+        ),
+        (
+            json!({"tenant": "acme", "scopes": ["read"], "secret": "mine"}),
+            "body",
+        ),
+    ] {
+        let response = api
+            .post("/api/admin/keys", Credential::Bearer(&admin), &new)
+            .await;
+        assert_eq!(response.status(), 422, "{new}");
+        let body = body_of(response).await;
+        assert_eq!(body["code"], "VALIDATION_ERROR", "{new}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{new}: {body}");
+    }
+    let stored = app.count(
+        "select count(*) from api_keys where id <> $1",
+        &admin[3..19],
+    );
+    assert_eq!(stored.await, 0, "a refused key is not stored");
+
+    // The limits themselves are accepted, and shown as stored.
+    let created = api
+        .create_key(
+            &admin,
+            json!({"tenant": longest_tenant, "scopes": ["write", "write", "read"],
+                   "quota": "1000000000/86400", "expires_in_days": 3650}),
+        )
+        .await;
+    assert_eq!(created.body["tenant"], longest_tenant.as_str());
+    assert_eq!(created.body["scopes"], json!(["read", "write"]));
+    assert_eq!(created.body["quota"], "1000000000/86400");
+    let listed = body_of(api.get("/api/admin/keys", Credential::Bearer(&admin)).await).await;
+    let record = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == created.id.as_str())
+        .expect("the new key is listed");
+    for field in ["tenant", "scopes", "quota", "created_at", "expires_at"] {
+        assert_eq!(record[field], created.body[field], "{field}");
+    }
+    assert!(record.get("key").is_none(), "{record}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Revocation and expiry
 // ---------------------------------------------------------------------------------------
