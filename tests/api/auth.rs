@@ -604,6 +604,53 @@ async fn a_key_is_made_only_from_a_valid_tenant_scopes_quota_and_expiry() {
     assert!(record.get("key").is_none(), "{record}");
 }
 
+#[tokio::test]
+async fn with_keys_required_the_openapi_document_says_which_scope_each_operation_needs() {
+    let bootstrap = ApiKey::generate();
+    let app = spawn_app_with(|s| required(s, &bootstrap)).await;
+    let doc = body_of(Api::of(&app).get("/openapi.json", Credential::None).await).await;
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(schemes["api_key"]["in"], "header", "{schemes}");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key", "{schemes}");
+    for (path, method, scope) in [
+        ("/api/metrics", "post", Some("write")),
+        ("/api/metrics/batch", "post", Some("write")),
+        ("/api/metrics/summary", "get", Some("read")),
+        ("/api/metrics/list", "get", Some("read")),
+        ("/api/metrics/series", "get", Some("read")),
+        ("/api/external", "get", Some("admin")),
+        ("/api/external/failure-rate", "put", Some("admin")),
+        ("/api/circuit-breaker/status", "get", Some("admin")),
+        ("/api/admin/keys", "post", Some("admin")),
+        ("/api/admin/keys", "get", Some("admin")),
+        ("/api/admin/keys/{id}", "delete", Some("admin")),
+        ("/metrics", "get", Some("admin")),
+        ("/", "get", None),
+        ("/health", "get", None),
+        ("/health/live", "get", None),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        match scope {
+            Some(scope) => {
+                assert_eq!(
+                    operation["security"],
+                    json!([{"bearer": [scope]}, {"api_key": [scope]}]),
+                    "{method} {path}"
+                );
+                for status in ["401", "403", "429"] {
+                    assert!(
+                        operation["responses"][status].is_object(),
+                        "{method} {path} documents no {status}"
+                    );
+                }
+            }
+            None => assert!(operation.get("security").is_none(), "{method} {path}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Revocation and expiry
 // ---------------------------------------------------------------------------------------
