@@ -651,6 +651,44 @@ async fn with_keys_required_the_openapi_document_says_which_scope_each_operation
     }
 }
 
+#[tokio::test]
+async fn a_revoked_bootstrap_key_stays_revoked_when_the_server_restarts() {
+    let bootstrap = ApiKey::generate();
+    let mut app = spawn_app_with(|s| required(s, &bootstrap)).await;
+    let admin = bootstrap.reveal();
+    Api::of(&app).wait_for_admin_key(&app, &admin).await;
+    let successor = Api::of(&app)
+        .create_key(&admin, json!({"tenant": "default", "scopes": ["admin"]}))
+        .await;
+    let response = Api::of(&app)
+        .request(
+            Method::DELETE,
+            &format!("/api/admin/keys/{}", &admin[3..19]),
+            Credential::Bearer(&successor.key),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    app.restart_server().await;
+    let api = Api::of(&app);
+    // The restarted server stores its bootstrap key in the background right after start-up;
+    // for the next 3 seconds (far longer than that takes) the key must stay refused.
+    for _ in 0..10 {
+        let response = api.get("/api/admin/keys", Credential::Bearer(&admin)).await;
+        let message = assert_unauthorized(response, true, "the revoked bootstrap key").await;
+        assert_eq!(message, "the API key has been revoked");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let still_revoked = app
+        .count(
+            "select count(*) from api_keys where id = $1 and revoked_at is not null",
+            &admin[3..19],
+        )
+        .await;
+    assert_eq!(still_revoked, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Revocation and expiry
 // ---------------------------------------------------------------------------------------
