@@ -991,7 +991,7 @@ async fn every_row(app: &TestApp) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn no_secret_is_written_to_any_table_or_log_line() {
+async fn no_secret_is_kept_in_any_table_log_line_redis_key_or_exported_metric() {
     let app = spawn_app_with(|_| {}).await;
     let bootstrap = ApiKey::generate().reveal();
     let server = ServerProcess::spawn(
@@ -1109,6 +1109,30 @@ async fn no_secret_is_written_to_any_table_or_log_line() {
         for line in &lines {
             assert!(!leaks(line, secret), "a log line holds a secret: {line}");
         }
+    }
+
+    // Nor in what the service exports or keeps in Redis.
+    let exported = api.get("/metrics", Credential::Bearer(&bootstrap)).await;
+    assert_eq!(exported.status(), 200);
+    let exported = exported.text().await.unwrap();
+    let redis = redis::Client::open(app.settings.redis_url.as_str()).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let redis_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        redis_keys.iter().any(|k| k.contains(&from_cli.id)),
+        "the write limiter counts the key by id: {redis_keys:?}"
+    );
+    let redis_keys = redis_keys.join("\n");
+    for secret in secrets {
+        assert!(!leaks(&exported, secret), "/metrics shows a secret");
+        assert!(
+            !leaks(&redis_keys, secret),
+            "a Redis key holds a secret: {redis_keys}"
+        );
     }
 
     let rows = every_row(&app).await;
