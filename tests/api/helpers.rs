@@ -228,6 +228,13 @@ impl TestApp {
         .await
     }
 
+    /// A connection pool to the test's PostgreSQL, for reading (or arranging) rows directly.
+    pub(crate) async fn database(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.settings.database_url)
+            .await
+            .unwrap()
+    }
+
     /// The count that `query` (with one text parameter) reads straight from PostgreSQL.
     pub(crate) async fn count(&self, query: &'static str, parameter: &str) -> i64 {
         let pool = sqlx::PgPool::connect(&self.settings.database_url)
@@ -244,6 +251,17 @@ impl TestApp {
 }
 
 pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_resilient-analytics");
+
+/// Runs the binary once (e.g. `keys create ...`) against the database at `database_url`,
+/// with no other environment; its exit status, stdout and stderr.
+pub(crate) fn run_binary(database_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .args(args)
+        .output()
+        .expect("binary did not run")
+}
 
 /// The release binary's process, configured like a deployment, pointed at the test's
 /// containers.
