@@ -159,8 +159,9 @@ async fn post_body(
     if let Some(encoding) = encoding {
         request = request.header("content-encoding", encoding);
     }
-    let Ok(response) = request.send().await else {
-        return (0, "no answer".into());
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return (0, format!("no answer: {error:?}")),
     };
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or_default();
