@@ -129,15 +129,23 @@ impl Storage {
         let ends: Vec<DateTime<Utc>> = plan.rollups.iter().map(|(_, _, to)| *to).collect();
         // An empty raw range when the window starts on a minute boundary.
         let (raw_from, raw_to) = plan.raw.unwrap_or((end_of_time(), end_of_time()));
+        // The rollups are read with one index range scan per segment of the plan, so the cost
+        // follows the rows in the window. Joined plainly, the planner cannot see the segments'
+        // bounds and scanned and hashed all of the type's rollups (every minute of every day:
+        // 45 ms at a month of data); OFFSET 0 keeps the lateral subquery from being flattened
+        // back into that join.
         let row = sqlx::query!(
             // language=PostgreSQL
             r#"
             with parts as (
                 select r.count, r.sum, r.min, r.max, r.latest_at, r.latest_id, r.latest_value, r.sketch
                 from unnest($3::text[], $4::timestamptz[], $5::timestamptz[]) as s (resolution, from_ts, to_ts)
-                join metric_rollups r
-                  on r.tenant = $1 and r.metric_type = $2 and r.resolution = s.resolution
-                 and r.bucket_start >= s.from_ts and r.bucket_start < s.to_ts
+                cross join lateral (
+                    select * from metric_rollups r
+                    where r.tenant = $1 and r.metric_type = $2 and r.resolution = s.resolution
+                      and r.bucket_start >= s.from_ts and r.bucket_start < s.to_ts
+                    offset 0
+                ) as r
                 union all
                 select d.count, d.sum, d.min, d.max, d.latest_at, d.latest_id, d.latest_value, d.sketch
                 from metric_rollup_deltas d

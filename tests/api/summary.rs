@@ -123,7 +123,7 @@ async fn summaries_match_sql_over_the_raw_rows_for_every_period() {
     check_against_raw_rows(&app, &pool, "deltas folded").await;
 }
 
-async fn check_against_raw_rows(app: &TestApp, pool: &sqlx::PgPool, phase: &str) {
+pub(crate) async fn check_against_raw_rows(app: &TestApp, pool: &sqlx::PgPool, phase: &str) {
     for (period, interval) in [
         ("all", "1000 years"),
         ("daily", "24 hours"),
