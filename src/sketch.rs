@@ -10,8 +10,12 @@
 //! is within `RELATIVE_ACCURACY` of the true one; interpolating two such estimates the way
 //! `percentile_cont` does keeps that relative error whenever both have the same sign.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
+use serde::{
+    Deserializer,
+    de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::{Map, Value};
 
 /// Relative accuracy of every bucket's representative value.
@@ -146,29 +150,44 @@ impl QuantileSketch {
         let mut sketch = Self::new();
         let mut total: u64 = 0;
         for (key, count_value) in map {
-            let bucket = parse_key(key).ok_or_else(|| SketchError::InvalidKey(key.clone()))?;
             let count = count_value
                 .as_u64()
                 .ok_or_else(|| SketchError::InvalidCount {
                     key: key.clone(),
                     value: count_value.to_string(),
                 })?;
-            // Checked here so that `count` and `quantile` cannot overflow later.
-            total = total.checked_add(count).ok_or(SketchError::CountOverflow)?;
-            if count == 0 {
-                continue;
-            }
-            match bucket {
-                Bucket::Zero => sketch.zero_count = count,
-                Bucket::Positive(index) => {
-                    sketch.positive.insert(index, count);
-                }
-                Bucket::Negative(index) => {
-                    sketch.negative.insert(index, count);
-                }
-            }
+            sketch.add(key, count, &mut total)?;
         }
         Ok(sketch)
+    }
+
+    /// Merges a JSON array of sketches in the [`Self::to_json`] format as it parses it: no
+    /// sketch is ever held as a JSON value, so merging a hundred of them costs one sketch's
+    /// memory, not a hundred's.
+    pub fn merge_json_array(text: &str) -> Result<Self, SketchError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let merged = MergedArray
+            .deserialize(&mut deserializer)
+            .and_then(|sketch| deserializer.end().map(|()| sketch))
+            .map_err(|error| SketchError::Malformed(error.to_string()))?;
+        Ok(merged)
+    }
+
+    /// Adds `count` values to the bucket of `key`, keeping the running `total` from
+    /// overflowing (so that `count` and `quantile` cannot overflow later).
+    fn add(&mut self, key: &str, count: u64, total: &mut u64) -> Result<(), SketchError> {
+        let bucket = parse_key(key).ok_or_else(|| SketchError::InvalidKey(key.to_owned()))?;
+        *total = total.checked_add(count).ok_or(SketchError::CountOverflow)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let counter = match bucket {
+            Bucket::Zero => &mut self.zero_count,
+            Bucket::Positive(index) => self.positive.entry(index).or_insert(0),
+            Bucket::Negative(index) => self.negative.entry(index).or_insert(0),
+        };
+        *counter += count;
+        Ok(())
     }
 
     /// Estimate of the order statistic at 0-based `rank`; None if `rank >= count`.
@@ -225,8 +244,70 @@ fn parse_key(key: &str) -> Option<Bucket> {
     }
 }
 
+/// Reads a JSON array of sketch objects into one merged sketch.
+struct MergedArray;
+
+impl MergedArray {
+    fn deserialize<'de, D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<QuantileSketch, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MergedArray {
+    type Value = QuantileSketch;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of quantile sketches")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<QuantileSketch, A::Error> {
+        let mut merged = Merged {
+            sketch: QuantileSketch::new(),
+            total: 0,
+        };
+        while seq.next_element_seed(&mut merged)?.is_some() {}
+        Ok(merged.sketch)
+    }
+}
+
+/// The sketch merged so far; each element of the array is added to it as it is read.
+struct Merged {
+    sketch: QuantileSketch,
+    total: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for &mut Merged {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Merged {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a quantile sketch: an object of bucket keys to counts")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((key, count)) = map.next_entry::<Cow<'de, str>, u64>()? {
+            self.sketch
+                .add(&key, count, &mut self.total)
+                .map_err(de::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SketchError {
+    #[error("unreadable quantile sketches: {0}")]
+    Malformed(String),
     #[error("a quantile sketch must be a JSON object")]
     NotAnObject,
     #[error("invalid quantile sketch bucket key {0:?}")]
@@ -642,5 +723,42 @@ mod tests {
             QuantileSketch::from_json(&overflow),
             Err(SketchError::CountOverflow)
         ));
+    }
+
+    #[test]
+    fn an_array_of_sketches_merges_as_it_is_read_into_what_merging_them_gives() {
+        let sketches: Vec<QuantileSketch> = (0..5)
+            .map(|k| {
+                let mut sketch = QuantileSketch::new();
+                for i in 0..200 {
+                    sketch.insert(f64::from(i * (k + 1)) / 7.0 - 30.0);
+                }
+                sketch
+            })
+            .collect();
+        let mut expected = QuantileSketch::new();
+        sketches.iter().for_each(|sketch| expected.merge(sketch));
+        let text = Value::Array(sketches.iter().map(QuantileSketch::to_json).collect()).to_string();
+        assert_eq!(QuantileSketch::merge_json_array(&text).unwrap(), expected);
+        assert!(QuantileSketch::merge_json_array("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_array_of_sketches_is_refused() {
+        for bad in [
+            "",
+            "{}",
+            "[1]",
+            r#"[{"p1": 1}, {"q1": 1}]"#,
+            r#"[{"p01": 1}]"#,
+            r#"[{"p1": -1}]"#,
+            r#"[{"p1": 18446744073709551615}, {"p2": 1}]"#,
+            r#"[{"p1": 1}] x"#,
+        ] {
+            assert!(
+                QuantileSketch::merge_json_array(bad).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
     }
 }

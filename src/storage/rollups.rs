@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use serde_json::Value;
 
 use super::{Storage, StorageError};
 use crate::{
@@ -166,7 +165,7 @@ impl Storage {
                 coalesce(min(min), 0) as "min!",
                 coalesce(max(max), 0) as "max!",
                 (select latest_value from parts order by latest_at desc, latest_id desc limit 1) as latest,
-                metric_sketch_merge_all(array_agg(sketch)) as sketch
+                json_agg(sketch)::text as sketches
             from parts
             "#,
             tenant.as_str(),
@@ -183,7 +182,10 @@ impl Storage {
         if row.count == 0 {
             return Ok(Aggregates::default());
         }
-        let sketch = sketch_from(row.sketch)?;
+        // Merged here rather than by metric_sketch_merge_all: unnesting and regrouping some
+        // 25,000 JSON entries (a day of hour sketches) took PostgreSQL 5-6 ms of the query.
+        let sketch = QuantileSketch::merge_json_array(row.sketches.as_deref().unwrap_or("[]"))
+            .map_err(|error| StorageError::Corrupt(error.to_string()))?;
         // A sketch answers with a bucket's midpoint, which can lie outside the values seen
         // (one point of 75.5 gave 75.567): never report a value beyond the extremes.
         let percentile = |q| sketch.quantile(q).unwrap_or(0.0).clamp(row.min, row.max);
@@ -318,12 +320,6 @@ impl Storage {
             Ok(storage.compact_rollups().await? as i64 == COMPACTION_BATCH)
         })
     }
-}
-
-fn sketch_from(value: Option<Value>) -> Result<QuantileSketch, StorageError> {
-    let value = value.unwrap_or_else(|| Value::Object(Default::default()));
-    QuantileSketch::from_json(&value)
-        .map_err(|error| StorageError::Corrupt(format!("unreadable quantile sketch: {error}")))
 }
 
 #[cfg(test)]
