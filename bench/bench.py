@@ -6,6 +6,8 @@ Subcommands:
   batch      send one stage's batch files with bounded concurrency; time it
   copy       load one stage's CSV with psql's \\copy; time it with the same clock
   summary    sequential uncached summary requests per period; median and p99
+  summary-user  the same the user's way: main server, Redis FLUSHALL before each request, a
+             new connection each, no warm-up; its delay from the end of the load
   wrk        parse a wrk output file into JSON
   report     build the markdown table from everything the run recorded
   soak-report  the soak's table, one row per minute
@@ -198,6 +200,8 @@ def cmd_batch(args: argparse.Namespace) -> None:
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - began
+    # Wall clock too: the user's-way summaries measure their delay from this moment.
+    ended_unix = time.time()
     if failures:
         die(f"batch stage {args.stage}: {len(failures)} failed request(s), first: {failures[0]}")
     result = {
@@ -206,6 +210,7 @@ def cmd_batch(args: argparse.Namespace) -> None:
         "requests": requests[0],
         "concurrency": args.concurrency,
         "seconds": seconds,
+        "ended_unix": ended_unix,
         "points_per_second": accepted[0] / seconds,
     }
     Path(args.result).write_text(json.dumps(result, indent=1))
@@ -259,7 +264,8 @@ def nearest_rank(sorted_values: list[float], q: float) -> float:
 def cmd_summary(args: argparse.Namespace) -> None:
     """A period whose request fails (not a 200 with X-Cache MISS, or count 0 for `all`) is
     recorded as an error and the next period is measured: the report marks it FAIL."""
-    results = {"points_loaded": args.expect_count, "warmup": args.warmup, "periods": {}}
+    results = {"points_loaded": args.expect_count, "extra_rows": args.extra_rows,
+               "warmup": args.warmup, "periods": {}}
     for period in PERIODS:
         path = f"/api/metrics/summary?type={args.type}&period={period}"
         conn = http.client.HTTPConnection(args.host, args.port, timeout=args.timeout)
@@ -320,6 +326,136 @@ def cmd_summary(args: argparse.Namespace) -> None:
                 f"{r['median_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms over {len(times)} requests "
                 f"(count {r['counts']}, enrichment {enrichment})"
             )
+    Path(args.result).write_text(json.dumps(results, indent=1))
+
+
+# --- summary-user -----------------------------------------------------------------------------
+#
+# The user's way: through the main server (the one with Redis), its summary cache emptied
+# (FLUSHALL) before every request so each one computes, a new TCP connection per request, and
+# nothing excluded as warm-up: what a dashboard sees right after a bulk load, or while writes
+# keep arriving. Each request is timed from before the connect to the last byte. The FLUSHALL
+# goes to the Redis container's published port on 127.0.0.1 and is not timed.
+
+
+def redis_flushall(sock) -> None:
+    """One FLUSHALL in RESP on an open socket; raises unless Redis answers +OK."""
+    sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n") and len(reply) < 512:
+        chunk = sock.recv(512)
+        if not chunk:
+            raise OSError("Redis closed the connection")
+        reply += chunk
+    if reply != b"+OK\r\n":
+        raise OSError(f"FLUSHALL answered {reply[:100]!r}")
+
+
+def pending_deltas(timeout: float) -> int | None:
+    """Rows in metric_rollup_deltas (inserts not yet folded into the rollups), through psql."""
+    try:
+        done = subprocess.run(
+            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c",
+             "select count(*) from metric_rollup_deltas"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+
+
+def cmd_summary_user(args: argparse.Namespace) -> None:
+    """Like `summary`, a failing period is recorded as an error and the next one is measured."""
+    import socket
+
+    if args.host != "127.0.0.1":
+        die("the user's-way summaries target 127.0.0.1 only")
+    results = {"points_loaded": args.expect_count, "method": "user", "label": args.label,
+               "requests_per_period": args.requests, "load_ended_unix": args.load_ended,
+               "periods": {}}
+    redis = socket.create_connection(("127.0.0.1", args.redis_port), timeout=args.timeout)
+    results["deltas_at_start"] = pending_deltas(args.timeout) if args.count_deltas else None
+    began_unix = time.time()
+    first_start = last_start = None
+    try:
+        for period in PERIODS:
+            path = f"/api/metrics/summary?type={args.type}&period={period}"
+            times: list[float] = []
+            counts = set()
+            enrichment: dict[str, int] = {}
+            last = None
+            error = None
+            for _ in range(args.requests):
+                try:
+                    redis_flushall(redis)
+                except OSError as exc:
+                    error = f"Redis FLUSHALL: {exc!r}"
+                    break
+                conn = http.client.HTTPConnection(args.host, args.port, timeout=args.timeout)
+                start_unix = time.time()
+                began = time.perf_counter()
+                try:
+                    conn.connect()
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    payload = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    error = repr(exc)
+                    break
+                finally:
+                    conn.close()
+                elapsed = time.perf_counter() - began
+                first_start = start_unix if first_start is None else first_start
+                last_start = start_unix
+                if response.status != 200:
+                    error = f"status {response.status}: {payload[:200].decode(errors='replace')}"
+                    break
+                if response.getheader("x-cache") != "MISS":
+                    error = f"X-Cache {response.getheader('x-cache')!r}, expected MISS"
+                    break
+                try:
+                    body = json.loads(payload)
+                except ValueError as exc:
+                    error = repr(exc)
+                    break
+                if period == "all" and not body.get("count", 0) > 0:
+                    error = f"count {body.get('count')!r}, expected > 0"
+                    break
+                times.append(elapsed * 1000)
+                counts.add(body.get("count"))
+                status = str(body.get("enrichment_status"))
+                enrichment[status] = enrichment.get(status, 0) + 1
+                last = body
+            times.sort()
+            r = {
+                "requests": len(times),
+                "error": error,
+                "counts": sorted(c for c in counts if c is not None),
+                "enrichment_status": enrichment,
+            }
+            if times:
+                r.update(median_ms=statistics.median(times), p99_ms=nearest_rank(times, 0.99),
+                         min_ms=times[0], max_ms=times[-1])
+            if last:
+                r["last"] = {k: last.get(k) for k in ("count", "p50", "p95", "p99")}
+            results["periods"][period] = r
+            if error:
+                print(f"summary {period:6s} {args.label}: FAILED after {len(times)} requests: "
+                      f"{error}", file=sys.stderr)
+            else:
+                print(f"summary {period:6s} {args.label}: median {r['median_ms']:.1f} ms, "
+                      f"p99 {r['p99_ms']:.1f} ms over {len(times)} requests "
+                      f"(count {r['counts']}, enrichment {enrichment})")
+    finally:
+        redis.close()
+    results["seconds"] = time.time() - began_unix
+    results["deltas_at_end"] = pending_deltas(args.timeout) if args.count_deltas else None
+    if args.load_ended is not None and first_start is not None:
+        results["first_request_after_load_s"] = first_start - args.load_ended
+        results["last_request_after_load_s"] = last_start - args.load_ended
+        print(f"summaries {args.label}: first request {first_start - args.load_ended:.2f} s, "
+              f"last {last_start - args.load_ended:.2f} s after the load ended; pending deltas "
+              f"{results['deltas_at_start']} at the start, {results['deltas_at_end']} at the end")
     Path(args.result).write_text(json.dumps(results, indent=1))
 
 
@@ -439,12 +575,91 @@ def cmd_report(args: argparse.Namespace) -> None:
     info("psql \\copy into metrics_copy", f"{c_rate:,.0f} rows/s ({c_rows:,} rows in {c_seconds:.1f} s)")
     check("batch ÷ \\copy", f"{b_rate / c_rate:.3f}", "≥ 0.40", b_rate / c_rate >= 0.40)
 
+    def user_rows(u: dict, last_stage: bool) -> None:
+        """The user's-way rows of one measurement (summary-user's JSON)."""
+        loaded = u["points_loaded"]
+        for period in PERIODS:
+            p = u["periods"][period]
+            label = f"summary {period}, user's way {u['label']} at {loaded:,} points"
+            if p["counts"]:
+                counts = p["counts"]
+                label += (f" (count {counts[0]:,})" if len(counts) == 1
+                          else f" (count {counts[0]:,} to {counts[-1]:,})")
+            if p["error"]:
+                value = f"error after {p['requests']} requests: {p['error']}"
+            else:
+                value = (f"median {p['median_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms "
+                         f"({p['requests']} requests, all 200 MISS)")
+            if last_stage or p["error"]:
+                target = ("median ≤ 20 ms, p99 ≤ 50 ms" + ("" if loaded >= 10_000_000 else " (set for 10 M)")
+                          if last_stage else "")
+                ok = not p["error"] and (not last_stage or (p["median_ms"] <= 20.0 and p["p99_ms"] <= 50.0))
+                check(label, value, target, ok)
+            else:
+                info(label, value)
+
+    def deltas_text(u: dict) -> str:
+        def n(v: int | None) -> str:
+            return "?" if v is None else f"{v:,}"
+        return (f"rows in metric_rollup_deltas {n(u.get('deltas_at_start'))} at the start, "
+                f"{n(u.get('deltas_at_end'))} at the end")
+
+    def user_after_load(u: dict, last_stage: bool) -> None:
+        loaded = u["points_loaded"]
+        user_rows(u, last_stage)
+        first = u.get("first_request_after_load_s")
+        if first is None:
+            check(f"user's way {u['label']} at {loaded:,} points: start", "no request was sent",
+                  "first request ≤ 10 s after the load", False)
+        else:
+            check(f"user's way {u['label']} at {loaded:,} points: start",
+                  f"first request {first:.2f} s, last {u['last_request_after_load_s']:.2f} s after "
+                  f"the load ended; {deltas_text(u)}",
+                  "first request ≤ 10 s after the load", first <= 10.0)
+        counts = u["periods"]["all"]["counts"]
+        check(f"summary all, user's way {u['label']}: count exact at {loaded:,} points",
+              ", ".join(f"{c:,}" for c in counts) or "no answer", "= loaded rows", counts == [loaded])
+
+    def writer_rows(u: dict) -> None:
+        peak, held = load("writer-max.json"), load("writer.json")
+
+        def statuses(run: dict) -> tuple[str, int]:
+            codes = run.get("statusCodeDistribution", {})
+            # Requests still in flight when oha is stopped are "aborted due to deadline".
+            errors = {e: k for e, k in run.get("errorDistribution", {}).items() if "deadline" not in e}
+            text = ", ".join(f"{k:,} × {c}" for c, k in sorted(codes.items())) or "no responses"
+            if errors:
+                text += "; errors: " + ", ".join(f"{k:,} × {e}" for e, k in errors.items())
+            bad = sum(k for c, k in codes.items() if c != "201") + sum(errors.values())
+            return text, bad
+
+        peak_text, peak_bad = statuses(peak)
+        held_text, held_bad = statuses(held)
+        rate = int(facts["writer_rate"])
+        achieved = held["summary"]["requestsPerSec"]
+        check(f"concurrent writer (POST /api/metrics, type {facts['writer_type']}, tag host=bench-writer)",
+              f"maximum {peak['summary']['requestsPerSec']:,.0f} writes/s ({facts['writer_max_load']}; {peak_text}); "
+              f"held at half, {rate:,}/s: achieved {achieved:,.0f}/s over {held['summary']['total']:.1f} s "
+              f"(the summaries took {u['seconds']:.1f} s), {held_text}; rows of the type added by both runs "
+              f"{int(facts['writer_rows']):,}; {deltas_text(u)}",
+              "every response 201", peak_bad == 0 and held_bad == 0)
+        user_rows(u, True)
+        info(f"user's way {u['label']}: counts", "the writes go to the measured type, so the count "
+             "grows during the measurement: no exact-count check for these rows")
+
+    users = {name: load(f"{name}.json") for name in ("user-load-a", "user-load-b", "user-writer-b")
+             if (work / f"{name}.json").exists()}
+
     for stage, summary, ex in zip(("a", "b"), summaries, exact):
         loaded = summary["points_loaded"]
         last_stage = stage == "b"
+        if f"user-load-{stage}" in users:
+            user_after_load(users[f"user-load-{stage}"], last_stage)
+        if f"user-writer-{stage}" in users:
+            writer_rows(users[f"user-writer-{stage}"])
         for period in PERIODS:
             p = summary["periods"][period]
-            label = f"uncached summary {period} at {loaded:,} points"
+            label = f"uncached summary {period}, current way, at {loaded:,} points"
             if p["counts"]:
                 label += f" (count {', '.join(f'{c:,}' for c in p['counts'])})"
             if p["error"]:
@@ -464,9 +679,11 @@ def cmd_report(args: argparse.Namespace) -> None:
             check(f"summary all: exact count and percentiles at {loaded:,} points",
                   "no summary", "", False)
             continue
-        check(f"summary all: count exact at {loaded:,} points",
+        extra = summary.get("extra_rows", 0)
+        check(f"summary all: count exact at {loaded:,} points"
+              + (f" + {extra:,} from the concurrent writer" if extra else ""),
               f"{got['count']:,} (stored {ex['count']:,})", "= stored rows",
-              got["count"] == ex["count"] == loaded)
+              got["count"] == ex["count"] == loaded + extra)
         errors = []
         for key, want in zip(("p50", "p95", "p99"), ex["percentiles"]):
             errors.append((key, abs(got[key] - want) / abs(want) if want else 0.0))
@@ -979,8 +1196,25 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--expect-count", type=int, required=True)
+    p.add_argument("--extra-rows", type=int, default=0,
+                   help="rows of the type written since the load (the concurrent writer's)")
     p.add_argument("--result", required=True)
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("summary-user")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="the main server (with Redis)")
+    p.add_argument("--redis-port", type=int, required=True, help="Redis on 127.0.0.1, for FLUSHALL")
+    p.add_argument("--type", default="bench_latency")
+    p.add_argument("--requests", type=int, default=30)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--expect-count", type=int, required=True)
+    p.add_argument("--load-ended", type=float, help="unix time the batch load ended")
+    p.add_argument("--count-deltas", action="store_true",
+                   help="count metric_rollup_deltas (psql) at the start and the end")
+    p.add_argument("--label", required=True)
+    p.add_argument("--result", required=True)
+    p.set_defaults(func=cmd_summary_user)
 
     p = sub.add_parser("wrk")
     p.add_argument("--file", required=True)

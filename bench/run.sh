@@ -20,13 +20,21 @@
 # What it does, on one machine, against 127.0.0.1 only: starts PostgreSQL (default durability)
 # and Redis containers and the release binary; measures single POST throughput against
 # /health/live with wrk; loads N generated points through POST /api/metrics/batch (first 10%,
-# then the rest) and the same rows with psql's \copy; measures uncached summaries through a
-# second server process that has no Redis, at 10% and at 100% of N; reads the server's peak
-# RSS; prints one markdown table and writes it to bench/results/<UTC time>.md. Everything it
-# started is removed on exit.
+# then the rest) and the same rows with psql's \copy; measures uncached summaries two ways at
+# 10% and at 100% of N:
+#   the user's way   right after each batch stage (first request within 10 s of its end, no
+#                    VACUUM), through the main server, Redis FLUSHALL before every request, a new
+#                    connection per request, no warm-up excluded; at 100% also again under a
+#                    concurrent writer (oha, POST /api/metrics of the measured type at half the
+#                    maximum rate it measures first); targets median <= 20 ms, p99 <= 50 ms
+#   the current way  after VACUUM (ANALYZE), through a second server process that has no Redis,
+#                    one keep-alive connection, 3 warm-up requests excluded; median <= 50 ms
+# reads the server's peak RSS; prints one markdown table and writes it to
+# bench/results/<UTC time>.md. Everything it started is removed on exit.
 #
 # Needs: root on Debian bookworm (it apt-get installs wrk, postgresql-client, curl, python3 when
-# missing), a running Docker engine, and a Rust toolchain unless BENCH_BINARY is given.
+# missing), a running Docker engine, oha (cargo install oha --locked when missing, except for
+# --memory) and a Rust toolchain unless BENCH_BINARY is given.
 # Environment (all optional):
 #   BENCH_BINARY            a prebuilt server binary; otherwise `cargo build --release --locked`
 #                           (SQLX_OFFLINE=true) builds target/release/resilient-analytics
@@ -39,7 +47,10 @@
 #   BENCH_WRK_THREADS / BENCH_WRK_CONNECTIONS / BENCH_WRK_DURATION / BENCH_WRK_WARMUP
 #                           wrk load, default 1 / 64 / 15 (seconds) / 3 (seconds)
 #   BENCH_BATCH_CONCURRENCY batch requests in flight, default 4
-#   BENCH_SUMMARY_REQUESTS  measured summary requests per period, default 50 (after 3 warm-up)
+#   BENCH_SUMMARY_REQUESTS  measured summary requests per period, the current way, default 50
+#                           (after 3 warm-up)
+#   BENCH_USER_SUMMARY_REQUESTS
+#                           measured summary requests per period, the user's way, default 30
 #   BENCH_PG_SETTINGS       PostgreSQL flags, default "-c shared_buffers=1GB -c max_wal_size=4GB"
 #   TMPDIR                  where the temporary directory goes (10 M points take ~1 GB there)
 # For --memory (all optional):
@@ -94,6 +105,12 @@ WRK_WARMUP=${BENCH_WRK_WARMUP:-3}
 BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-4}
 SUMMARY_REQUESTS=${BENCH_SUMMARY_REQUESTS:-50}
 SUMMARY_WARMUP=3
+USER_SUMMARY_REQUESTS=${BENCH_USER_SUMMARY_REQUESTS:-30}
+[[ $USER_SUMMARY_REQUESTS =~ ^[0-9]+$ ]] && ((USER_SUMMARY_REQUESTS >= 1 && USER_SUMMARY_REQUESTS <= 1000)) \
+    || { echo "BENCH_USER_SUMMARY_REQUESTS must be a whole number, 1-1000" >&2; exit 2; }
+# The concurrent writer's oha run is stopped when the summaries under it are done; this bounds
+# it should they hang (their own bound: 3 periods x requests x a 60 s socket timeout).
+WRITER_LIMIT=1800
 MEMORY_ROUNDS=${BENCH_MEMORY_ROUNDS:-3}
 MEMORY_BATCHES=${BENCH_MEMORY_BATCHES:-16}
 MEMORY_BOMBS=${BENCH_MEMORY_BOMBS:-64}
@@ -188,8 +205,9 @@ ensure_tools() {
             || die "apt-get install ${missing[*]} failed"
     fi
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
-    if [[ $SOAK_MINUTES -gt 0 ]] && ! command -v oha >/dev/null; then
-        command -v cargo >/dev/null || die "the soak needs oha: cargo install oha --locked"
+    # The soak and the full run's concurrent writer hold a fixed rate with oha.
+    if [[ $MEMORY -eq 0 ]] && ! command -v oha >/dev/null; then
+        command -v cargo >/dev/null || die "the soak and the concurrent writer need oha: cargo install oha --locked"
         log "installing oha (cargo install oha --locked; a few minutes)"
         cargo install oha --locked >/dev/null 2>&1 || die "cargo install oha failed"
     fi
@@ -342,20 +360,89 @@ load_stage() {
         --concurrency "$BATCH_CONCURRENCY" --result "$WORK/batch-$1.json"
 }
 
-# measure_summaries a|b LOADED: uncached summaries through the summary server, and the exact
-# count and percentiles from the raw rows for comparison.
+# measure_summaries a|b LOADED [EXTRA]: uncached summaries through the summary server, and the
+# exact count and percentiles from the raw rows for comparison; EXTRA rows of the type came from
+# the concurrent writer after the load.
 measure_summaries() {
-    local stage=$1 loaded=$2 began
+    local stage=$1 loaded=$2 extra=${3:-0} began
     began=$SECONDS
     sql "vacuum (analyze)"
     fact "vacuum_$stage" "$((SECONDS - began))s"
-    log "uncached summaries at $loaded points ($SUMMARY_WARMUP warm-up + $SUMMARY_REQUESTS per period)"
+    log "uncached summaries the current way at $loaded points ($SUMMARY_WARMUP warm-up + $SUMMARY_REQUESTS per period)"
     python3 "$BENCH_PY" summary --port "$SUMMARY_PORT" --type "$METRIC_TYPE" \
         --requests "$SUMMARY_REQUESTS" --warmup "$SUMMARY_WARMUP" --expect-count "$loaded" \
-        --result "$WORK/summary-$stage.json"
+        --extra-rows "$extra" --result "$WORK/summary-$stage.json"
     sql "select json_build_object('count', count(*), 'percentiles',
                 percentile_cont(array[0.5, 0.95, 0.99]) within group (order by value))
          from metrics where metric_type = '$METRIC_TYPE'" >"$WORK/exact-$stage.json"
+}
+
+# user_summaries NAME LOADED LABEL [summary-user options...]: summaries the user's way through
+# the main server (bench.py summary-user), into $WORK/NAME.json.
+user_summaries() {
+    local name=$1 loaded=$2 label=$3
+    shift 3
+    python3 "$BENCH_PY" summary-user --port "$APP_PORT" --redis-port "$REDIS_PORT" \
+        --type "$METRIC_TYPE" --requests "$USER_SUMMARY_REQUESTS" --expect-count "$loaded" \
+        --label "$label" --count-deltas --result "$WORK/$name.json" "$@"
+}
+
+# user_after_load a|b LOADED: the user's way right after the batch stage: no VACUUM, nothing in
+# between but reading the end of the load (the report checks the first request started within
+# 10 s of it).
+user_after_load() {
+    local stage=$1 loaded=$2 ended
+    ended=$(json_get "$WORK/batch-$stage.json" ended_unix)
+    log "summaries the user's way right after the load, at $loaded points ($USER_SUMMARY_REQUESTS per period, FLUSHALL before each, new connections)"
+    user_summaries "user-load-$stage" "$loaded" "(right after the load)" --load-ended "$ended"
+}
+
+# writer_body: the concurrent writer's point. Of the measured type, so that every write
+# invalidates the summaries being measured and leaves a delta for the fold; a tag of its own.
+writer_body() {
+    printf '{"timestamp":"%s","value":75.5,"type":"%s","tags":{"host":"bench-writer"}}' \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$METRIC_TYPE"
+}
+
+# user_under_writer LOADED: the maximum single-write rate of that point (oha, as many as it
+# can on $WRK_CONNECTIONS connections, after a warm-up), then a fixed-rate writer at half of it
+# (oha -q) for as long as the user's-way summaries take. Not wrk's figure from the single-write
+# ratio: that point is of type bench_single, which invalidates nothing measured here, and wrk is
+# not the tool that holds the rate. Sets WRITER_ROWS (rows of the type added by both runs).
+user_under_writer() {
+    local loaded=$1 post=http://127.0.0.1:$APP_PORT/api/metrics body rate pid stored
+    local oha_args=(--no-tui --output-format json -m POST -H 'content-type: application/json')
+    body=$(writer_body)
+    log "the maximum write rate of the writer's point: oha -z ${WRK_WARMUP}s warm-up, then -z 10s -c $WRK_CONNECTIONS"
+    timeout 60 oha -z "${WRK_WARMUP}s" -c "$WRK_CONNECTIONS" "${oha_args[@]}" -d "$body" "$post" \
+        >"$WORK/writer-warmup.json" || die "oha (writer warm-up) failed"
+    timeout 60 oha -z 10s -c "$WRK_CONNECTIONS" "${oha_args[@]}" -d "$body" "$post" \
+        >"$WORK/writer-max.json" || die "oha (maximum write rate) failed"
+    rate=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"] / 2))' "$WORK/writer-max.json")
+    ((rate >= 1)) || die "the maximum write rate measured is below 2 writes/s"
+    fact writer_type "$METRIC_TYPE"
+    fact writer_rate "$rate"
+    fact writer_max_load "oha -c$WRK_CONNECTIONS -z10s after a ${WRK_WARMUP}s warm-up"
+    sleep 2 # requests in flight when oha stopped
+    log "concurrent writer: $rate writes/s (oha -q $rate -c $WRK_CONNECTIONS), summaries the user's way under it"
+    timeout "$((WRITER_LIMIT + 60))" oha -z "${WRITER_LIMIT}s" -q "$rate" -c "$WRK_CONNECTIONS" \
+        "${oha_args[@]}" -d "$body" "$post" >"$WORK/writer.json" &
+    pid=$!
+    PIDS+=("$pid")
+    sleep 2 # the writer at its rate before the first request
+    user_summaries user-writer-b "$loaded" "(under a concurrent writer)"
+    # SIGINT: oha stops and still prints its JSON (`timeout` passes the signal on).
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    stop_server "$pid" # reaped and forgotten (SIGTERM, then SIGKILL, if it is still there)
+    [[ -s $WORK/writer.json ]] || die "the concurrent writer (oha) left no result"
+    sleep 2 # requests in flight when oha stopped
+    stored=$(sql "select count(*) from metrics where metric_type = '$METRIC_TYPE'")
+    WRITER_ROWS=$((stored - loaded))
+    fact writer_rows "$WRITER_ROWS"
 }
 
 copy_load() {
@@ -535,6 +622,7 @@ start_server summary "$SUMMARY_PORT" "redis://127.0.0.1:$CLOSED_PORT/0"
 SUMMARY_PID=$SERVER_PID
 wait_for "the summary server to be up without Redis" 60 health_is "$SUMMARY_PORT" "$SUMMARY_PID" degraded
 record_machine
+fact oha_version "$(oha --version | awk '{ print $2 }')"
 
 log "step 2: single-write throughput ratio"
 single_write_ratio
@@ -544,13 +632,16 @@ fact rss_after_single_kb "$rss"
 log "step 3: batch ingest, first $STAGE_A points"
 load_stage a
 log "step 5: uncached summaries at $STAGE_A points"
+user_after_load a "$STAGE_A"
 measure_summaries a "$STAGE_A"
 log "step 3: batch ingest, remaining $((POINTS - STAGE_A)) points"
 load_stage b
 log "step 5: uncached summaries at $POINTS points"
 rss=$(peak_rss_kb "$APP_PID")
 fact rss_after_batch_kb "$rss"
-measure_summaries b "$POINTS"
+user_after_load b "$POINTS"
+user_under_writer "$POINTS"
+measure_summaries b "$POINTS" "$WRITER_ROWS"
 copy_load
 
 log "step 4: peak RSS"
@@ -560,7 +651,7 @@ rss=$(peak_rss_kb "$SUMMARY_PID")
 fact rss_summary_kb "$rss"
 fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
 fact log_lines "server: $(log_summary "$WORK/app.log"); summary server: $(log_summary "$WORK/summary.log") (Redis unreachable is expected there)"
-fact notes "The first 10% of the batch data is every tenth point, so it also spans the 30 days (daily and hourly windows are populated at both sizes). Batch and \\copy rates are over the two stages' load times (pauses excluded), each stage after a CHECKPOINT. Summaries: second server process with REDIS_URL on closed port $CLOSED_PORT (no cache; X-Cache MISS checked), one keep-alive connection, $SUMMARY_WARMUP warm-up requests per period excluded, median and nearest-rank p99 of $SUMMARY_REQUESTS sequential requests, after VACUUM (ANALYZE) (which took $(awk -F'\t' '$1 ~ /^vacuum_/ { printf "%s%s", sep, $2; sep = " and " }' "$WORK/facts.tsv")). Each uncached summary also awaits the simulated enrichment call (50-150 ms), concurrently with the query. metrics_copy is \`like metrics including all\` (columns, defaults, identity, constraints, indexes), without whatever else the service maintains on insert."
+fact notes "The first 10% of the batch data is every tenth point, so it also spans the 30 days (daily and hourly windows are populated at both sizes). Batch and \\copy rates are over the two stages' load times (pauses excluded), each stage after a CHECKPOINT. Summaries the user's way: right after each batch stage (no VACUUM; the delay from the end of the load to the first and last request is in the table), and at N again under a concurrent writer (oha -q, half the maximum rate of the same point, type $METRIC_TYPE, so every write invalidates the measured summaries); through the main server, Redis FLUSHALL (not timed) before every request, each request on a new TCP connection and timed from before the connect to the last byte, none excluded, median and nearest-rank p99 of $USER_SUMMARY_REQUESTS sequential requests per period (X-Cache MISS checked). Summaries the current way: second server process with REDIS_URL on closed port $CLOSED_PORT (no cache; X-Cache MISS checked), one keep-alive connection, $SUMMARY_WARMUP warm-up requests per period excluded, median and nearest-rank p99 of $SUMMARY_REQUESTS sequential requests, after VACUUM (ANALYZE) (which took $(awk -F'\t' '$1 ~ /^vacuum_/ { printf "%s%s", sep, $2; sep = " and " }' "$WORK/facts.tsv")), and at N after the writer. Each uncached summary also awaits the simulated enrichment call (50-150 ms), concurrently with the query. metrics_copy is \`like metrics including all\` (columns, defaults, identity, constraints, indexes), without whatever else the service maintains on insert."
 
 log "step 6: report"
 mkdir -p "$BENCH_DIR/results"
