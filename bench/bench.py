@@ -261,6 +261,25 @@ def nearest_rank(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
+def period_result(times: list[float], error: str | None, counts: set, enrichment: dict,
+                  last: dict | None, fields: tuple[str, ...]) -> dict:
+    """One period's figures: median and nearest-rank p99 of the times (ms), the counts seen,
+    the enrichment statuses, and `fields` of the last answer."""
+    times = sorted(times)
+    r = {
+        "requests": len(times),
+        "error": error,
+        "counts": sorted(c for c in counts if c is not None),
+        "enrichment_status": enrichment,
+    }
+    if times:
+        r.update(median_ms=statistics.median(times), p99_ms=nearest_rank(times, 0.99),
+                 min_ms=times[0], max_ms=times[-1])
+    if last:
+        r["last"] = {k: last.get(k) for k in fields}
+    return r
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     """A period whose request fails (not a 200 with X-Cache MISS, or count 0 for `all`) is
     recorded as an error and the next period is measured: the report marks it FAIL."""
@@ -302,20 +321,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
             error = repr(exc)
         finally:
             conn.close()
-        times.sort()
-        r = {
-            "requests": len(times),
-            "error": error,
-            "counts": sorted(c for c in counts if c is not None),
-            "enrichment_status": enrichment,
-        }
-        if times:
-            r.update(median_ms=statistics.median(times), p99_ms=nearest_rank(times, 0.99),
-                     min_ms=times[0], max_ms=times[-1])
-        if last:
-            r["last"] = {k: last.get(k) for k in
-                         ("count", "average_value", "min_value", "max_value", "latest_value",
-                          "p50", "p95", "p99")}
+        r = period_result(times, error, counts, enrichment, last,
+                          ("count", "average_value", "min_value", "max_value", "latest_value",
+                           "p50", "p95", "p99"))
         results["periods"][period] = r
         if error:
             print(f"summary {period:6s} at {args.expect_count:,} points: FAILED after "
@@ -426,18 +434,7 @@ def cmd_summary_user(args: argparse.Namespace) -> None:
                 status = str(body.get("enrichment_status"))
                 enrichment[status] = enrichment.get(status, 0) + 1
                 last = body
-            times.sort()
-            r = {
-                "requests": len(times),
-                "error": error,
-                "counts": sorted(c for c in counts if c is not None),
-                "enrichment_status": enrichment,
-            }
-            if times:
-                r.update(median_ms=statistics.median(times), p99_ms=nearest_rank(times, 0.99),
-                         min_ms=times[0], max_ms=times[-1])
-            if last:
-                r["last"] = {k: last.get(k) for k in ("count", "p50", "p95", "p99")}
+            r = period_result(times, error, counts, enrichment, last, ("count", "p50", "p95", "p99"))
             results["periods"][period] = r
             if error:
                 print(f"summary {period:6s} {args.label}: FAILED after {len(times)} requests: "
