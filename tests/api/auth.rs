@@ -1,6 +1,6 @@
 //! API keys (`AUTH_MODE=required`): who may call what, how keys are presented, revoked,
-//! expired and limited, that no secret is ever written down, and (until per-tenant storage
-//! is merged, failing) that each tenant sees only its own points.
+//! expired and limited, that no secret is ever written down, and that each tenant sees only
+//! its own points.
 
 use std::time::{Duration, Instant};
 
