@@ -6,6 +6,21 @@
 //! read path) → the mechanisms (`rate_limiter`, `cache`, `circuit_breaker`, `enrichment`,
 //! `coalesce`, `idempotency`, `sketch`) → `storage` (all SQL), over the domain in `metric`.
 
+/// Implements `Deserialize` through `FromStr`, so a query parameter, a body field or a cached
+/// value is checked by the same rule as everything else of its kind. Defined before the
+/// modules, so that every one of them can use it.
+macro_rules! deserialize_from_str {
+    ($type:ty) => {
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text =
+                    <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod app;
 pub mod auth;
 pub mod cache;

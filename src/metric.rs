@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
-use serde::{Deserialize, Deserializer, Serialize, de};
+use serde::{Deserialize, Serialize};
 use utoipa::{
     PartialSchema, ToSchema,
     openapi::{
@@ -72,19 +72,6 @@ pub fn collect<T>(
     result
         .map_err(|message| errors.push(FieldError::new(field, message)))
         .ok()
-}
-
-/// Implements `Deserialize` through `FromStr`, so a query parameter or a cached value is
-/// checked by the same rule as everything else of its kind.
-macro_rules! deserialize_from_str {
-    ($type:ty) => {
-        impl<'de> Deserialize<'de> for $type {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse().map_err(de::Error::custom)
-            }
-        }
-    };
 }
 
 /// A metric's type: 1–100 characters (not bytes), no control characters.

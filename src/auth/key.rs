@@ -5,7 +5,7 @@
 use std::{fmt, str::FromStr};
 
 use rand::{TryRngCore, rngs::OsRng};
-use serde::{Deserialize, Deserializer, Serialize, de};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -36,12 +36,7 @@ impl FromStr for KeyId {
     }
 }
 
-impl<'de> Deserialize<'de> for KeyId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(de::Error::custom)
-    }
-}
+deserialize_from_str!(KeyId);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
