@@ -261,6 +261,23 @@ def nearest_rank(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
+def checked_answer(period: str, response: http.client.HTTPResponse,
+                   payload: bytes) -> tuple[dict | None, str | None]:
+    """An uncached summary's body, or why the answer is not one: a 200 with X-Cache: MISS
+    and JSON, with count > 0 for `all`."""
+    if response.status != 200:
+        return None, f"status {response.status}: {payload[:200].decode(errors='replace')}"
+    if response.getheader("x-cache") != "MISS":
+        return None, f"X-Cache {response.getheader('x-cache')!r}, expected MISS"
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        return None, repr(exc)
+    if period == "all" and not body.get("count", 0) > 0:
+        return None, f"count {body.get('count')!r}, expected > 0"
+    return body, None
+
+
 def period_result(times: list[float], error: str | None, counts: set, enrichment: dict,
                   last: dict | None, fields: tuple[str, ...]) -> dict:
     """One period's figures: median and nearest-rank p99 of the times (ms), the counts seen,
@@ -300,15 +317,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
                 response = conn.getresponse()
                 payload = response.read()
                 elapsed = time.perf_counter() - began
-                if response.status != 200:
-                    error = f"status {response.status}: {payload[:200].decode(errors='replace')}"
-                    break
-                if response.getheader("x-cache") != "MISS":
-                    error = f"X-Cache {response.getheader('x-cache')!r}, expected MISS"
-                    break
-                body = json.loads(payload)
-                if period == "all" and not body.get("count", 0) > 0:
-                    error = f"count {body.get('count')!r}, expected > 0"
+                body, error = checked_answer(period, response, payload)
+                if error:
                     break
                 if n < args.warmup:
                     continue
@@ -415,19 +425,8 @@ def cmd_summary_user(args: argparse.Namespace) -> None:
                 elapsed = time.perf_counter() - began
                 first_start = start_unix if first_start is None else first_start
                 last_start = start_unix
-                if response.status != 200:
-                    error = f"status {response.status}: {payload[:200].decode(errors='replace')}"
-                    break
-                if response.getheader("x-cache") != "MISS":
-                    error = f"X-Cache {response.getheader('x-cache')!r}, expected MISS"
-                    break
-                try:
-                    body = json.loads(payload)
-                except ValueError as exc:
-                    error = repr(exc)
-                    break
-                if period == "all" and not body.get("count", 0) > 0:
-                    error = f"count {body.get('count')!r}, expected > 0"
+                body, error = checked_answer(period, response, payload)
+                if error:
                     break
                 times.append(elapsed * 1000)
                 counts.add(body.get("count"))
