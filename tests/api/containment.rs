@@ -171,8 +171,22 @@ async fn post_body(
 #[tokio::test]
 async fn gzip_bombs_and_large_batches_at_once_stay_within_100_mb_and_starve_nobody() {
     let app = spawn().await;
-    let server = ServerProcess::spawn(&app, &[("RATE_LIMIT_REQUESTS", "1000000")]);
+    // The debug build inflates and scans some 700 MB of bombs on two cores, beside whatever
+    // other test runs in parallel: the bombs' answers may take longer than the default 30 s
+    // request timeout (theirs and the client's). What is checked is what every request gets
+    // and that small writes stay fast, so the hostile and large requests get a longer deadline.
+    let server = ServerProcess::spawn(
+        &app,
+        &[
+            ("RATE_LIMIT_REQUESTS", "1000000"),
+            ("REQUEST_TIMEOUT_SECONDS", "120"),
+        ],
+    );
     server.wait_until_healthy(&app.client).await;
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     // 15 KB that inflate to 16 MB of one-value points, and to 17 MB of white space.
     let points_bomb = gzip(
         std::iter::once(br#"{"metrics":["#.to_vec())
@@ -206,7 +220,7 @@ async fn gzip_bombs_and_large_batches_at_once_stay_within_100_mb_and_starve_nobo
             _ => (space_bomb.clone(), single_url.clone()),
         };
         hostile.push(tokio::spawn(post_body(
-            app.client.clone(),
+            patient.clone(),
             url,
             body,
             Some("gzip"),
@@ -215,7 +229,7 @@ async fn gzip_bombs_and_large_batches_at_once_stay_within_100_mb_and_starve_nobo
     let large: Vec<_> = (0..8)
         .map(|_| {
             tokio::spawn(post_body(
-                app.client.clone(),
+                patient.clone(),
                 batch_url.clone(),
                 batch.clone(),
                 None,
