@@ -27,9 +27,10 @@ use std::{
 };
 
 use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
 
 use crate::{
-    metric::{Period, Summary},
+    metric::{Period, Summary, TagFilter},
     redis_connection::RedisConnection,
     tenant::Tenant,
 };
@@ -82,14 +83,20 @@ impl SummaryCache {
 
     /// Looks a summary of the tenant's type up. `Miss(None)` means the cache cannot be used
     /// for this type now.
-    pub async fn lookup(&self, tenant: &Tenant, metric_type: &str, period: Period) -> Lookup {
+    pub async fn lookup(
+        &self,
+        tenant: &Tenant,
+        metric_type: &str,
+        period: Period,
+        filter: &TagFilter,
+    ) -> Lookup {
         self.flush_pending_bumps().await;
         let tenant_type = tenant_type(tenant, metric_type);
         if self.pending().covers(&tenant_type) {
             metrics::counter!("summary_cache_requests_total", "result" => "miss").increment(1);
             return Lookup::Miss(None);
         }
-        let key_prefix = summary_key_prefix(&tenant_type, period);
+        let key_prefix = summary_key_prefix(&tenant_type, period, filter);
         let script = &self.lookup;
         let keys = [EPOCH_KEY.to_owned(), generation_key(&tenant_type)];
         let prefix = key_prefix.clone();
@@ -217,9 +224,20 @@ fn generation_key(tenant_type: &str) -> String {
     format!("summary_gen:{tenant_type}")
 }
 
-/// A summary's key up to its epoch; the lookup script appends the same as `summary_key`.
-fn summary_key_prefix(tenant_type: &str, period: Period) -> String {
-    format!("summary:{tenant_type}:{}:e", period.as_str())
+/// A summary's key up to its epoch; the lookup script appends the same as `summary_key`. A
+/// summary filtered by tags is a summary of its own, under the hash of its filter; all of a
+/// type's are made stale by its generation.
+fn summary_key_prefix(tenant_type: &str, period: Period, filter: &TagFilter) -> String {
+    let period = period.as_str();
+    if filter.is_empty() {
+        return format!("summary:{tenant_type}:{period}:e");
+    }
+    let hash = Sha256::digest(filter.as_json());
+    let hex: String = hash[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("summary:{tenant_type}:{period}:t{hex}:e")
 }
 
 fn summary_key(prefix: &str, epoch: &str, generation: &str) -> String {
@@ -334,15 +352,33 @@ mod tests {
     fn summary_keys_name_the_tenant_type_period_epoch_and_generation() {
         let cpu = tenant_type(&tenant("acme"), "cpu");
         assert_eq!(generation_key(&cpu), "summary_gen:acme:cpu");
-        let prefix = summary_key_prefix(&cpu, Period::Daily);
+        let unfiltered = TagFilter::default();
+        let prefix = summary_key_prefix(&cpu, Period::Daily, &unfiltered);
         assert_eq!(
             summary_key(&prefix, "3", "17"),
             "summary:acme:cpu:daily:e3:g17"
         );
         assert_eq!(
-            summary_key(&summary_key_prefix(&cpu, Period::All), "0", "0"),
+            summary_key(
+                &summary_key_prefix(&cpu, Period::All, &unfiltered),
+                "0",
+                "0"
+            ),
             "summary:acme:cpu:all:e0:g0"
         );
+    }
+
+    #[test]
+    fn each_tag_filter_has_its_own_key() {
+        let cpu = tenant_type(&tenant("acme"), "cpu");
+        let filter = |pairs: &[&str]| TagFilter::parse(pairs.iter().copied()).unwrap();
+        let key = |filter: &TagFilter| summary_key_prefix(&cpu, Period::All, filter);
+        let job = key(&filter(&["job:node"]));
+        assert!(job.starts_with("summary:acme:cpu:all:t"), "{job}");
+        assert_ne!(job, key(&filter(&["job:other"])));
+        assert_ne!(job, key(&TagFilter::default()));
+        // The order of the parameters does not matter.
+        assert_eq!(key(&filter(&["a:1", "b:2"])), key(&filter(&["b:2", "a:1"])));
     }
 
     #[test]
@@ -351,8 +387,8 @@ mod tests {
         let (of_acme, of_default) = (tenant_type(&acme, "cpu"), tenant_type(&default, "cpu"));
         assert_ne!(generation_key(&of_acme), generation_key(&of_default));
         assert_ne!(
-            summary_key_prefix(&of_acme, Period::All),
-            summary_key_prefix(&of_default, Period::All)
+            summary_key_prefix(&of_acme, Period::All, &TagFilter::default()),
+            summary_key_prefix(&of_default, Period::All, &TagFilter::default())
         );
         // A type may hold ':', a tenant never does: "a:b:c" is only ever tenant a's "b:c".
         assert!("a:b".parse::<Tenant>().is_err());

@@ -36,6 +36,7 @@ pub mod http;
 pub mod idempotency;
 pub mod metric;
 pub mod rate_limiter;
+pub mod receivers;
 pub mod redis_connection;
 pub mod sketch;
 pub mod startup;

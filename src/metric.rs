@@ -2,7 +2,7 @@
 //! series, stored points), with the validation rules of the API contract. Nothing here knows
 //! of HTTP, JSON bodies or SQL; the messages of the rules are the contract's.
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -74,10 +74,11 @@ pub fn collect<T>(
         .ok()
 }
 
-/// A metric's type: 1–100 characters (not bytes), no control characters.
+/// A metric's type: 1–100 characters (not bytes), no control characters. Shared text: the
+/// samples of one series share their type.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct MetricType(String);
+pub struct MetricType(Arc<str>);
 
 impl MetricType {
     pub fn as_str(&self) -> &str {
@@ -95,7 +96,7 @@ impl FromStr for MetricType {
         } else if text.chars().any(char::is_control) {
             Err("must not contain control characters".into())
         } else {
-            Ok(Self(text.to_owned()))
+            Ok(Self(text.into()))
         }
     }
 }
@@ -172,14 +173,18 @@ pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
 
 /// A point's validated tags, kept as compact JSON text (an object of string to string): that
 /// is how they are stored, and as text a point's tags take little more memory than they did
-/// in the request.
+/// in the request. Shared: the samples of one series share their tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tags(String);
+pub struct Tags(Arc<str>);
 
 impl Tags {
     /// Tags already checked with [`check_tag`] (at most [`MAX_TAGS`] of them).
     pub fn from_checked(pairs: &BTreeMap<String, String>) -> Self {
-        Self(serde_json::to_string(pairs).expect("string maps serialise"))
+        Self(
+            serde_json::to_string(pairs)
+                .expect("string maps serialise")
+                .into(),
+        )
     }
 
     pub fn as_json(&self) -> &str {
@@ -190,6 +195,64 @@ impl Tags {
 impl Default for Tags {
     fn default() -> Self {
         Self("{}".into())
+    }
+}
+
+/// Which of the receivers (or the JSON API) a point came in through: `metrics.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Prometheus,
+    Otlp,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Prometheus => "prometheus",
+            Self::Otlp => "otlp",
+        }
+    }
+}
+
+/// Tag pairs that a read's points must all carry (`tag=key:value`, repeatable): the points
+/// whose tags include every pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TagFilter(BTreeMap<String, String>);
+
+impl TagFilter {
+    /// From `key:value` texts (split at the first colon), each checked like a point's tag; a
+    /// key may appear once.
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut filter = BTreeMap::new();
+        for pair in pairs {
+            let (key, value) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("{pair:?}: must be key:value"))?;
+            check_tag(key, value)?;
+            if filter.insert(key.to_owned(), value.to_owned()).is_some() {
+                return Err(format!("{key:?}: a tag key may be filtered on once"));
+            }
+            if filter.len() > MAX_TAGS {
+                return Err(format!("at most {MAX_TAGS} tags"));
+            }
+        }
+        Ok(Self(filter))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The pairs as a JSON object, for `tags @>`.
+    pub fn as_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("string maps serialise")
+    }
+
+    /// The pairs as `key:value` texts, in key order: part of a cache key.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 

@@ -9,7 +9,7 @@ use chrono::Utc;
 use crate::{
     cache::{Lookup, SummaryCache},
     enrichment::{Enrichment, EnrichmentClient},
-    metric::{EnrichmentStatus, MetricType, Period, Summary},
+    metric::{EnrichmentStatus, MetricType, Period, Summary, TagFilter},
     storage::{Storage, StorageError},
     tenant::Tenant,
 };
@@ -45,18 +45,20 @@ impl Summaries {
         }
     }
 
-    /// One type's summary of the tenant's points over `period`; a dependency outage degrades
-    /// it (no cache, no enrichment) rather than failing it, except PostgreSQL's. The
-    /// enrichment is of the type, the same for every tenant.
+    /// One type's summary of the tenant's points over `period` (those whose tags include the
+    /// filter's); a dependency outage degrades it (no cache, no enrichment) rather than
+    /// failing it, except PostgreSQL's. The enrichment is of the type, the same for every
+    /// tenant.
     pub async fn summary(
         &self,
         tenant: &Tenant,
         metric_type: &MetricType,
         period: Period,
+        filter: &TagFilter,
     ) -> Result<(Summary, CacheStatus), StorageError> {
         let slot = match self
             .cache
-            .lookup(tenant, metric_type.as_str(), period)
+            .lookup(tenant, metric_type.as_str(), period, filter)
             .await
         {
             Lookup::Hit(summary) => return Ok((*summary, CacheStatus::Hit)),
@@ -64,7 +66,7 @@ impl Summaries {
         };
         let (aggregates, enrichment) = tokio::join!(
             self.storage
-                .aggregate(tenant, metric_type, period.since(Utc::now())),
+                .aggregate(tenant, metric_type, period.since(Utc::now()), filter),
             self.enrichment.enrich(metric_type.as_str()),
         );
         let (enrichment, enrichment_status) = match enrichment {

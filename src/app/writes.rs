@@ -20,8 +20,8 @@ use crate::{
     cache::SummaryCache,
     coalesce::Coalescer,
     idempotency::{IN_FLIGHT_WAIT, KEY_TTL, KeyedRequest},
-    metric::{FieldError, MetricPoint, MetricType, RejectedPoint, TenantPoint},
-    storage::{Claim, Storage, StorageError, Stored, StoredResponse},
+    metric::{FieldError, MetricPoint, MetricType, RejectedPoint, Source, TenantPoint},
+    storage::{Claim, SamplesStored, Storage, StorageError, Stored, StoredResponse},
     tenant::Tenant,
 };
 
@@ -187,6 +187,32 @@ impl Writes {
             return Ok(Written::Fresh(receipt(&stored)));
         };
         self.write_keyed(key, &points, receipt).await
+    }
+
+    /// Stores samples of the tenant that came in through a receiver, in one transaction, each
+    /// series' timestamp at most once ever: a sender's retry of samples stored before stores
+    /// nothing twice. An empty request stores nothing and succeeds.
+    pub async fn write_samples(
+        &self,
+        tenant: Tenant,
+        points: Vec<MetricPoint>,
+        source: Source,
+    ) -> Result<SamplesStored, WriteError> {
+        if points.is_empty() {
+            return Ok(SamplesStored {
+                stored: 0,
+                duplicates: 0,
+            });
+        }
+        let points: Vec<TenantPoint> = points
+            .into_iter()
+            .map(|point| TenantPoint {
+                tenant: tenant.clone(),
+                point,
+            })
+            .collect();
+        let inserted = self.storage.insert_samples(&points, source).await;
+        Ok(self.after_write(&points, inserted).await?)
     }
 
     /// Stores points under a key, in their own transaction with the key and the receipt,

@@ -235,7 +235,7 @@ where
     F: FnOnce(&mut dyn Read, &mut Meter) -> Result<T, DecodeError> + Send + 'static,
 {
     if !has_json_content_type(headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType("application/json"));
     }
     let gzipped = is_gzipped(headers)?;
     let length = headers
@@ -280,6 +280,79 @@ where
         fingerprint,
         _meter: meter,
     })
+}
+
+/// What a receiver's decoded request holds, about, per byte of its inflated message: protobuf
+/// and OTLP JSON decode into structures a few times larger than their text, and the points
+/// taken from them share their strings.
+const DECODED_PER_MESSAGE_BYTE: usize = 6;
+
+/// A receiver's body: its bytes as sent (at most `limit`), inflated with `inflate` (into at
+/// most `limit` bytes), with memory for the body, the message and what is decoded from it
+/// metered from the streamed budget: reserved up front for the body as sent, then charged for
+/// the rest (a 503 when the budget has no room). 413 past the limit, 408 when the body
+/// arrives too slowly.
+pub(super) async fn read_message(
+    budget: &BodyBudget,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    inflate: impl FnOnce(Bytes, usize) -> Result<Bytes, ApiError>,
+) -> Result<(Bytes, Meter), ApiError> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if length.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut meter = Meter::reserve(
+        &budget.streamed,
+        length.unwrap_or(limit),
+        STREAMED_BUDGET_BYTES,
+        false,
+    )
+    .await;
+    let sent = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        if caused_by::<http_body_util::LengthLimitError>(&error) {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            into_api_error(
+                DecodeError::Read(frame_error(error).into_io()),
+                Limits {
+                    body: limit,
+                    point: None,
+                },
+            )
+        }
+    })?;
+    meter.charge(sent.len()).map_err(|_| ApiError::Busy)?;
+    let message = inflate(sent, limit)?;
+    meter
+        .charge(message.len() * DECODED_PER_MESSAGE_BYTE)
+        .map_err(|_| ApiError::Busy)?;
+    Ok((message, meter))
+}
+
+/// A gzip body inflated, at most `limit` bytes of it (413 past that).
+pub(super) fn gunzip(body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    let mut inflated = Vec::new();
+    GzDecoder::new(&body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|error| ApiError::Undecodable(format!("invalid gzip body: {error}")))?;
+    if inflated.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(inflated.into())
+}
+
+/// The essence of the Content-Type (lower case, without parameters), if any.
+pub(super) fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
 }
 
 /// The whole body, of a length already known to be small.
@@ -510,7 +583,7 @@ fn into_api_error(error: DecodeError, limits: Limits) -> ApiError {
     }
 }
 
-fn is_gzipped(headers: &HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn is_gzipped(headers: &HeaderMap) -> Result<bool, ApiError> {
     match headers
         .get(header::CONTENT_ENCODING)
         .map(|value| value.to_str())
@@ -518,16 +591,14 @@ fn is_gzipped(headers: &HeaderMap) -> Result<bool, ApiError> {
         None => Ok(false),
         Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("identity") => Ok(false),
         Some(Ok(encoding)) if encoding.trim().eq_ignore_ascii_case("gzip") => Ok(true),
-        Some(_) => Err(ApiError::UnsupportedEncoding),
+        Some(_) => Err(ApiError::UnsupportedEncoding(
+            "uncompressed or with Content-Encoding: gzip",
+        )),
     }
 }
 
 fn has_json_content_type(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase())
+    content_type(headers)
         .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"))
 }
 

@@ -41,10 +41,20 @@ pub enum ApiError {
     IdempotencyKeyInFlight,
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
-    #[error("the body must be sent with Content-Type: application/json")]
-    UnsupportedMediaType,
-    #[error("the body must be sent uncompressed or with Content-Encoding: gzip")]
-    UnsupportedEncoding,
+    /// The content types the endpoint takes, in words.
+    #[error("the body must be sent with Content-Type: {0}")]
+    UnsupportedMediaType(&'static str),
+    /// The encodings the endpoint takes, in words.
+    #[error("the body must be sent {0}")]
+    UnsupportedEncoding(&'static str),
+    /// A binary body that is not the protocol's message.
+    #[error("the body cannot be decoded: {0}")]
+    Undecodable(String),
+    /// Samples of a receiver's request that break the rules; the rest were stored.
+    #[error("{0}; the other samples were stored")]
+    SamplesRefused(String),
+    #[error("a request holds at most {limit} samples")]
+    TooManySamples { limit: usize },
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("a batch holds at most {limit} points")]
@@ -109,13 +119,13 @@ impl ApiError {
             }
             Self::IdempotencyKeyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_FLIGHT"),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "MALFORMED_JSON"),
-            Self::UnsupportedMediaType => {
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
-            Self::UnsupportedEncoding => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
-            }
+            Self::Undecodable(_) => (StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+            Self::SamplesRefused(_) => (StatusCode::BAD_REQUEST, "INVALID_SAMPLES"),
             Self::PayloadTooLarge { .. }
+            | Self::TooManySamples { .. }
             | Self::TooManyPoints { .. }
             | Self::PointTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => {

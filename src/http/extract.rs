@@ -22,7 +22,7 @@ use crate::{
     auth::Caller,
     client::ClientId,
     idempotency::{Fingerprinter, IdempotencyKey, KeyedRequest},
-    metric::{FieldError, MetricPoint},
+    metric::{FieldError, MAX_TAGS, MetricPoint, TagFilter},
 };
 
 /// The request header that makes a write idempotent.
@@ -181,6 +181,56 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                 };
                 ApiError::InvalidQuery(vec![FieldError::new(field, error.inner().to_string())])
             })
+    }
+}
+
+/// The `tag=key:value` query parameters (any number of them) of a read, as one filter; an
+/// invalid one is a 400 naming `tag`. The other parameters are [`ApiQuery`]'s.
+pub(super) struct TagQuery(pub(super) TagFilter);
+
+impl<S: Send + Sync> FromRequestParts<S> for TagQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "tag")
+            .map(|(_, value)| value)
+            .collect();
+        TagFilter::parse(pairs.iter().map(|pair| pair.as_ref()))
+            .map(Self)
+            .map_err(|message| ApiError::InvalidQuery(vec![FieldError::new("tag", message)]))
+    }
+}
+
+impl utoipa::IntoParams for TagQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::{
+            ArrayBuilder, ObjectBuilder, Type,
+            path::{ParameterBuilder, ParameterIn, ParameterStyle},
+        };
+        let pair = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[^:]+:"));
+        vec![
+            ParameterBuilder::new()
+                .name("tag")
+                .parameter_in(ParameterIn::Query)
+                .description(Some(
+                    "Only points whose tags include this pair, as key:value (split at the first \
+                     colon); repeat it for several pairs, all of which must match. A Prometheus \
+                     label is a tag.",
+                ))
+                .style(Some(ParameterStyle::Form))
+                .explode(Some(true))
+                .schema(Some(
+                    ArrayBuilder::new().items(pair).max_items(Some(MAX_TAGS)),
+                ))
+                .example(Some(serde_json::json!(["job:node"])))
+                .build(),
+        ]
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
     AppState,
     decode::MAX_BATCH_POINTS,
     error::{ApiError, ErrorBody, Result},
-    extract::{ApiQuery, Batch, OnePoint, WriteBody},
+    extract::{ApiQuery, Batch, OnePoint, TagQuery, WriteBody},
 };
 use crate::{
     app::{
@@ -180,7 +180,7 @@ pub(super) struct SummaryParams {
 /// Summarise one type over a period from the rollups, read through the cache.
 #[utoipa::path(
     get, path = "/api/metrics/summary", tag = "metrics",
-    params(SummaryParams),
+    params(SummaryParams, TagQuery),
     responses(
         (status = 200, description = "The summary; X-Cache says HIT or MISS", body = Summary,
          headers(("X-Cache" = String))),
@@ -192,11 +192,12 @@ pub(super) async fn summary(
     State(state): State<AppState>,
     Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<SummaryParams>,
+    TagQuery(filter): TagQuery,
 ) -> Result<Response> {
     let metric_type = required(params.metric_type, "type")?;
     let (summary, cache) = state
         .summaries
-        .summary(&tenant, &metric_type, params.period)
+        .summary(&tenant, &metric_type, params.period, &filter)
         .await?;
     let mut response = Json(summary).into_response();
     let cache = match cache {
@@ -251,7 +252,7 @@ pub(super) struct Series {
 /// Count, average, min and max per time bucket, from the rollups; empty buckets included.
 #[utoipa::path(
     get, path = "/api/metrics/series", tag = "metrics",
-    params(SeriesParams),
+    params(SeriesParams, TagQuery),
     responses(
         (status = 200, description = "One entry per bucket in the range", body = Series),
         (status = 400, description = "Missing or invalid parameters, or more than 10,000 buckets", body = ErrorBody),
@@ -262,13 +263,17 @@ pub(super) async fn series(
     State(state): State<AppState>,
     Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<SeriesParams>,
+    TagQuery(filter): TagQuery,
 ) -> Result<Json<Series>> {
     let metric_type = required(params.metric_type, "type")?;
     let from = required(params.from, "from")?;
     let to = required(params.to, "to")?;
     let range = SeriesRange::new(params.bucket, from, to)
         .map_err(|error| ApiError::InvalidQuery(vec![error]))?;
-    let buckets = state.storage.series(&tenant, &metric_type, range).await?;
+    let buckets = state
+        .storage
+        .series(&tenant, &metric_type, range, &filter)
+        .await?;
     Ok(Json(Series {
         metric_type,
         bucket: range.bucket,
@@ -307,7 +312,7 @@ pub(super) struct ListParams {
 /// The most recent points, newest first.
 #[utoipa::path(
     get, path = "/api/metrics/list", tag = "metrics",
-    params(ListParams),
+    params(ListParams, TagQuery),
     responses(
         (status = 200, description = "Points, newest first", body = [StoredMetric]),
         (status = 400, description = "Invalid type or limit", body = ErrorBody),
@@ -318,10 +323,11 @@ pub(super) async fn list(
     State(state): State<AppState>,
     Caller { tenant, .. }: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
+    TagQuery(filter): TagQuery,
 ) -> Result<Json<Vec<StoredMetric>>> {
     let points = state
         .storage
-        .list_metrics(&tenant, params.metric_type.as_ref(), params.limit)
+        .list_metrics(&tenant, params.metric_type.as_ref(), params.limit, &filter)
         .await?;
     Ok(Json(points))
 }

@@ -13,6 +13,7 @@ mod layers;
 mod metrics;
 mod prometheus;
 mod rate_limit;
+mod receivers;
 
 use std::sync::Arc;
 
@@ -166,6 +167,8 @@ pub fn router(state: AppState, timeouts: Timeouts) -> Router {
     let write = OpenApiRouter::new()
         .routes(routes!(metrics::create_metric))
         .routes(routes!(metrics::create_batch))
+        .routes(routes!(receivers::remote_write))
+        .routes(routes!(receivers::otlp_metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit_by_caller,

@@ -174,9 +174,10 @@ impl KeyedTransaction {
     /// Inserts the points (with their rollup deltas) in this transaction; the result is in
     /// their order.
     pub async fn insert(&mut self, points: &[TenantPoint]) -> Result<Vec<Stored>, StorageError> {
+        let series = self.storage.series_ids(points).await?;
         let stored = self
             .storage
-            .run(insert_points(&mut self.transaction, points))
+            .run(insert_points(&mut self.transaction, points, &series))
             .await?;
         self.stored.extend_from_slice(&stored);
         Ok(stored)

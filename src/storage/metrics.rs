@@ -1,13 +1,13 @@
 //! The `metrics` table: inserts (with their rollup deltas) and reads of stored points.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, types::Json};
 
 use super::{Storage, StorageError};
 use crate::{
-    metric::{MetricType, StoredMetric, TenantPoint},
+    metric::{MetricType, Source, StoredMetric, TagFilter, TenantPoint},
     sketch::QuantileSketch,
     tenant::Tenant,
 };
@@ -85,12 +85,16 @@ impl Storage {
         &self,
         points: &[TenantPoint],
     ) -> Result<Vec<Stored>, StorageError> {
+        let series = self.series_ids(points).await?;
         let stored = if statements(points).nth(1).is_none() {
-            self.run(insert_statement(&self.pool, points)).await?
+            self.run(insert_statement(&self.pool, points, &series))
+                .await?
         } else {
             // Several statements: one transaction, so the points commit together.
             let mut transaction = self.run(self.pool.begin()).await?;
-            let stored = self.run(insert_points(&mut transaction, points)).await?;
+            let stored = self
+                .run(insert_points(&mut transaction, points, &series))
+                .await?;
             self.run(transaction.commit()).await?;
             stored
         };
@@ -98,15 +102,21 @@ impl Storage {
         Ok(stored)
     }
 
-    /// The tenant's newest points first, of one type or of all.
+    /// The tenant's newest points first, of one type or of all, of those whose tags include
+    /// the filter's.
     #[tracing::instrument(skip(self))]
     pub async fn list_metrics(
         &self,
         tenant: &Tenant,
         metric_type: Option<&MetricType>,
         limit: i64,
+        filter: &TagFilter,
     ) -> Result<Vec<StoredMetric>, StorageError> {
-        let rows = sqlx::query!(
+        if !filter.is_empty() {
+            return self.list_tagged(tenant, metric_type, limit, filter).await;
+        }
+        let rows = sqlx::query_as!(
+            StoredRow,
             // language=PostgreSQL
             r#"
             select id, metric_type, value, recorded_at, tags as "tags: Json<BTreeMap<String, String>>"
@@ -121,17 +131,169 @@ impl Storage {
         )
         .fetch_all(&self.pool);
         let rows = self.run(rows).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| StoredMetric {
-                id: row.id,
-                timestamp: row.recorded_at,
-                value: row.value,
-                metric_type: row.metric_type,
-                tags: row.tags.0,
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredMetric::from).collect())
     }
+}
+
+/// A `metrics` row as it is read back.
+pub(super) struct StoredRow {
+    pub(super) id: i64,
+    pub(super) metric_type: String,
+    pub(super) value: f64,
+    pub(super) recorded_at: DateTime<Utc>,
+    pub(super) tags: Json<BTreeMap<String, String>>,
+}
+
+impl From<StoredRow> for StoredMetric {
+    fn from(row: StoredRow) -> Self {
+        Self {
+            id: row.id,
+            timestamp: row.recorded_at,
+            value: row.value,
+            metric_type: row.metric_type,
+            tags: row.tags.0,
+        }
+    }
+}
+
+/// What an insert of receivers' samples did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplesStored {
+    /// Samples stored now.
+    pub stored: usize,
+    /// Samples of a series and timestamp already stored (a retry), or twice in the request.
+    pub duplicates: usize,
+}
+
+impl Storage {
+    /// Stores samples that came through a receiver, in one transaction, at most one per series
+    /// and timestamp (`metrics_received_sample_idx`): a sample stored before, by this request's
+    /// first attempt for instance, is dropped and counted.
+    #[tracing::instrument(skip_all, fields(samples = points.len(), source = source.as_str()))]
+    pub async fn insert_samples(
+        &self,
+        points: &[TenantPoint],
+        source: Source,
+    ) -> Result<SamplesStored, StorageError> {
+        let series = self.series_ids(points).await?;
+        // A series' timestamp twice in the request: the first sample is the one.
+        let mut seen = HashSet::with_capacity(points.len());
+        let (unique, series): (Vec<TenantPoint>, Vec<i64>) = points
+            .iter()
+            .zip(series)
+            .filter(|(point, series)| {
+                seen.insert((*series, point.point.timestamp.timestamp_micros()))
+            })
+            .map(|(point, series)| (point.clone(), series))
+            .unzip();
+        let mut transaction = self.run(self.pool.begin()).await?;
+        let (mut stored, mut offset) = (0, 0);
+        for run in statements(&unique) {
+            let run_series = &series[offset..offset + run.len()];
+            offset += run.len();
+            stored += self
+                .run(insert_samples_statement(
+                    &mut transaction,
+                    run,
+                    run_series,
+                    source,
+                ))
+                .await?;
+        }
+        self.run(transaction.commit()).await?;
+        ::metrics::counter!("metric_points_ingested_total").increment(stored as u64);
+        Ok(SamplesStored {
+            stored,
+            duplicates: points.len() - stored,
+        })
+    }
+}
+
+/// Inserts the samples that are new, then the rollup deltas of those; returns how many were.
+async fn insert_samples_statement(
+    connection: &mut PgConnection,
+    points: &[TenantPoint],
+    series: &[i64],
+    source: Source,
+) -> Result<usize, sqlx::Error> {
+    let Columns {
+        tenants,
+        types,
+        values,
+        recorded,
+        tags,
+    } = Columns::of(points);
+    let rows = sqlx::query!(
+        // language=PostgreSQL
+        r#"
+        insert into metrics (tenant, metric_type, value, recorded_at, tags, series_id, source)
+        select n, t, v, r, g::jsonb, s, $7
+        from unnest($1::text[], $2::text[], $3::float8[], $4::timestamptz[], $5::text[], $6::int8[])
+             as u (n, t, v, r, g, s)
+        on conflict (series_id, recorded_at) where source <> 'api' do nothing
+        returning id, series_id, recorded_at
+        "#,
+        &tenants as &[&str],
+        &types as &[&str],
+        &values,
+        &recorded,
+        &tags as &[&str],
+        series,
+        source.as_str(),
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // The inserted rows, by position: a series and timestamp is at one position (the caller
+    // dropped repeats), and PostgreSQL keeps microseconds, as timestamp_micros does.
+    let positions: HashMap<(i64, i64), usize> = series
+        .iter()
+        .zip(points)
+        .enumerate()
+        .map(|(i, (series, point))| ((*series, point.point.timestamp.timestamp_micros()), i))
+        .collect();
+    let mut inserted = rows
+        .iter()
+        .map(|row| {
+            positions
+                .get(&(row.series_id, row.recorded_at.timestamp_micros()))
+                .map(|&position| (position, row.id))
+                .ok_or(sqlx::Error::RowNotFound)
+        })
+        .collect::<Result<Vec<(usize, i64)>, _>>()?;
+    inserted.sort_unstable();
+    let new: Vec<TenantPoint> = inserted.iter().map(|&(i, _)| points[i].clone()).collect();
+    let deltas = MinuteDeltas::of(&new);
+    let latest_ids: Vec<i64> = deltas
+        .latest_positions
+        .iter()
+        .map(|&position| inserted[position as usize].1)
+        .collect();
+    sqlx::query!(
+        // language=PostgreSQL
+        r#"
+        insert into metric_rollup_deltas
+            (tenant, metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
+        select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::float8[], $6::float8[],
+                             $7::float8[], $8::timestamptz[], $9::int8[], $10::float8[], $11::jsonb[])
+        "#,
+        &deltas.tenants as &[&str],
+        &deltas.types as &[&str],
+        &deltas.minutes,
+        &deltas.counts,
+        &deltas.sums,
+        &deltas.mins,
+        &deltas.maxes,
+        &deltas.latest_at,
+        &latest_ids,
+        &deltas.latest_values,
+        &deltas.sketches,
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(rows.len())
 }
 
 /// Counts committed points.
@@ -170,36 +332,66 @@ fn statements(points: &[TenantPoint]) -> impl Iterator<Item = &[TenantPoint]> {
     })
 }
 
-/// Inserts the points on `connection`, in as many statements as their size needs (the
-/// caller's transaction makes them one); the result is in their order.
+/// Inserts the points (of the series `series`, position by position) on `connection`, in as
+/// many statements as their size needs (the caller's transaction makes them one); the result
+/// is in their order.
 pub(super) async fn insert_points(
     connection: &mut PgConnection,
     points: &[TenantPoint],
+    series: &[i64],
 ) -> Result<Vec<Stored>, sqlx::Error> {
     let mut stored = Vec::with_capacity(points.len());
+    let mut offset = 0;
     for run in statements(points) {
-        stored.extend(insert_statement(&mut *connection, run).await?);
+        let run_series = &series[offset..offset + run.len()];
+        stored.extend(insert_statement(&mut *connection, run, run_series).await?);
+        offset += run.len();
     }
     Ok(stored)
+}
+
+/// The `metrics` columns of a run of points, as arrays.
+struct Columns<'a> {
+    tenants: Vec<&'a str>,
+    types: Vec<&'a str>,
+    values: Vec<f64>,
+    recorded: Vec<DateTime<Utc>>,
+    tags: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(points: &'a [TenantPoint]) -> Self {
+        let mut columns = Self {
+            tenants: Vec::with_capacity(points.len()),
+            types: Vec::with_capacity(points.len()),
+            values: Vec::with_capacity(points.len()),
+            recorded: Vec::with_capacity(points.len()),
+            tags: Vec::with_capacity(points.len()),
+        };
+        for TenantPoint { tenant, point } in points {
+            columns.tenants.push(tenant.as_str());
+            columns.types.push(point.metric_type.as_str());
+            columns.values.push(point.value);
+            columns.recorded.push(point.timestamp);
+            columns.tags.push(point.tags.as_json());
+        }
+        columns
+    }
 }
 
 /// Inserts the points and their rollup deltas in one statement; the result is in their order.
 async fn insert_statement<'e>(
     executor: impl PgExecutor<'e>,
     points: &[TenantPoint],
+    series: &[i64],
 ) -> Result<Vec<Stored>, sqlx::Error> {
-    let mut tenants = Vec::with_capacity(points.len());
-    let mut types = Vec::with_capacity(points.len());
-    let mut values = Vec::with_capacity(points.len());
-    let mut recorded = Vec::with_capacity(points.len());
-    let mut tags = Vec::with_capacity(points.len());
-    for TenantPoint { tenant, point } in points {
-        tenants.push(tenant.as_str());
-        types.push(point.metric_type.as_str());
-        values.push(point.value);
-        recorded.push(point.timestamp);
-        tags.push(point.tags.as_json());
-    }
+    let Columns {
+        tenants,
+        types,
+        values,
+        recorded,
+        tags,
+    } = Columns::of(points);
     let deltas = MinuteDeltas::of(points);
     // The same statement appends the batch's per-minute aggregates (computed here, where
     // the values already are) to the rollup deltas: an insert locks nothing but its own
@@ -209,9 +401,10 @@ async fn insert_statement<'e>(
         // language=PostgreSQL
         r#"
         with inserted as (
-            insert into metrics (tenant, metric_type, value, recorded_at, tags)
-            select n, t, v, r, g::jsonb
-            from unnest($1::text[], $2::text[], $3::float8[], $4::timestamptz[], $5::text[]) as u (n, t, v, r, g)
+            insert into metrics (tenant, metric_type, value, recorded_at, tags, series_id)
+            select n, t, v, r, g::jsonb, s
+            from unnest($1::text[], $2::text[], $3::float8[], $4::timestamptz[], $5::text[], $17::int8[])
+                 as u (n, t, v, r, g, s)
             returning id, ingested_at
         ),
         positions as (
@@ -246,6 +439,7 @@ async fn insert_statement<'e>(
         &deltas.latest_positions,
         &deltas.latest_values,
         &deltas.sketches,
+        series,
     )
     .fetch_all(executor)
     .await?;

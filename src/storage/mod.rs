@@ -4,6 +4,8 @@ mod idempotency;
 mod keys;
 mod metrics;
 mod rollups;
+mod series;
+mod tagged;
 
 use std::{
     future::Future,
@@ -22,7 +24,7 @@ use sqlx::{
 
 pub use idempotency::{Claim, KeyedTransaction, StoredResponse};
 pub use keys::NewKeyRow;
-pub use metrics::{MAX_STATEMENT_BYTES, Stored};
+pub use metrics::{MAX_STATEMENT_BYTES, SamplesStored, Stored};
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,6 +135,8 @@ pub struct Storage {
     migrated: Arc<AtomicBool>,
     /// How long `run` waits for a statement before giving up on its outcome.
     backstop: Duration,
+    /// Series known to be in `metric_series`.
+    series: Arc<series::SeriesIds>,
 }
 
 impl Storage {
@@ -168,6 +172,7 @@ impl Storage {
             pool,
             migrated: Arc::new(AtomicBool::new(false)),
             backstop: backstop(statement_timeout),
+            series: Arc::default(),
         })
     }
 

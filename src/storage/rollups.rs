@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use super::{Storage, StorageError};
 use crate::{
-    metric::{Aggregates, MetricType, SeriesBucket, SeriesPoint, SeriesRange, floor},
+    metric::{Aggregates, MetricType, SeriesBucket, SeriesPoint, SeriesRange, TagFilter, floor},
     sketch::QuantileSketch,
     tenant::Tenant,
 };
@@ -114,14 +114,21 @@ fn plan(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
 impl Storage {
     /// Aggregates one type's points of the tenant recorded at or after `since` (all of them
     /// for `None`) from the rollups, in one query. Count, sum, min, max and latest are exact; the
-    /// percentiles come from the merged sketches (within 0.5% relative error).
+    /// percentiles come from the merged sketches (within 0.5% relative error). With a tag
+    /// filter, of the matching points only, from the points themselves (exact percentiles).
     #[tracing::instrument(skip(self))]
     pub async fn aggregate(
         &self,
         tenant: &Tenant,
         metric_type: &MetricType,
         since: Option<DateTime<Utc>>,
+        filter: &TagFilter,
     ) -> Result<Aggregates, StorageError> {
+        if !filter.is_empty() {
+            return self
+                .aggregate_tagged(tenant, metric_type, since, filter)
+                .await;
+        }
         let plan = plan(since, Utc::now());
         let resolutions: Vec<&str> = plan.rollups.iter().map(|(r, _, _)| r.as_str()).collect();
         let starts: Vec<DateTime<Utc>> = plan.rollups.iter().map(|(_, from, _)| *from).collect();
@@ -212,14 +219,19 @@ fn resolution_of(bucket: SeriesBucket) -> Resolution {
 }
 
 impl Storage {
-    /// The range's buckets of one type of the tenant, empty ones included.
+    /// The range's buckets of one type of the tenant (of its points whose tags include the
+    /// filter's), empty ones included.
     #[tracing::instrument(skip(self))]
     pub async fn series(
         &self,
         tenant: &Tenant,
         metric_type: &MetricType,
         range: SeriesRange,
+        filter: &TagFilter,
     ) -> Result<Vec<SeriesPoint>, StorageError> {
+        if !filter.is_empty() {
+            return self.series_tagged(tenant, metric_type, range, filter).await;
+        }
         let rows = sqlx::query_as!(
             SeriesPoint,
             // language=PostgreSQL
