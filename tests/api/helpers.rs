@@ -370,3 +370,46 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A server with `AUTH_MODE=required` (limits high enough that only a test's own refuse
+/// anything) and a key with the read and write scopes of `tenant`, created through the API.
+pub(crate) async fn spawn_app_with_key(tenant: &str) -> (TestApp, String) {
+    spawn_app_with_key_and(tenant, |_| {}).await
+}
+
+/// [`spawn_app_with_key`], with the settings adjusted further by `configure`.
+pub(crate) async fn spawn_app_with_key_and(
+    tenant: &str,
+    configure: impl FnOnce(&mut Settings),
+) -> (TestApp, String) {
+    use resilient_analytics::{
+        auth::{ApiKey, AuthMode},
+        rate_limiter::Quota,
+    };
+    let admin = ApiKey::generate();
+    let bootstrap = admin.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.auth.mode = AuthMode::Required;
+        settings.auth.bootstrap_admin_key = Some(bootstrap);
+        settings.auth.failure_limit = Quota::new(1_000, 60).unwrap();
+        settings.rate_limit.requests = 100_000;
+        configure(settings);
+    })
+    .await;
+    let new_key = json!({"tenant": tenant, "scopes": ["read", "write"]});
+    let created = eventually(Duration::from_secs(10), || async {
+        let response = app
+            .client
+            .post(app.url("/api/admin/keys"))
+            .bearer_auth(admin.reveal())
+            .json(&new_key)
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 201).then_some(response.json::<Value>().await.ok()?)
+    })
+    .await
+    .expect("no key created within 10 s");
+    let key = created["key"].as_str().expect("a key").to_owned();
+    (app, key)
+}
