@@ -225,7 +225,7 @@ impl Writes {
     ) -> Result<Written<R>, WriteError> {
         // Boxed: the transaction's futures are large, and inline they would make every write
         // handler's future (keyed or not) as large, to be moved around on every request.
-        let claim = Box::pin(self.storage.claim_key(key, KEY_TTL, IN_FLIGHT_WAIT)).await?;
+        let claim = Box::pin(self.storage.claim_key(key, points, KEY_TTL, IN_FLIGHT_WAIT)).await?;
         let mut transaction = match claim {
             Claim::Claimed(transaction) => transaction,
             Claim::Replay(response) => return Ok(Written::Replayed(response)),

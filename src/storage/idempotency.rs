@@ -43,19 +43,26 @@ pub struct KeyedTransaction {
     storage: Storage,
     transaction: Transaction<'static, Postgres>,
     request: KeyedRequest,
+    /// The series of the points to be inserted, resolved before the claim.
+    series: Vec<i64>,
     stored: Vec<Stored>,
 }
 
 impl Storage {
     /// Claims `request`'s key unless it was used within `ttl`. A concurrent request with the
     /// same key waits for that one's outcome (at most `wait`): it is then replayed, or, if the
-    /// other one failed, claims the key itself.
+    /// other one failed, claims the key itself. `points` are those to be inserted under the
+    /// key: their series are resolved first, on a connection of their own, since many
+    /// requests waiting for one key hold a connection each, and the one holding the key must
+    /// not need a second one.
     pub async fn claim_key(
         &self,
         request: &KeyedRequest,
+        points: &[TenantPoint],
         ttl: Duration,
         wait: Duration,
     ) -> Result<Claim, StorageError> {
+        let series = self.series_ids(points).await?;
         let claim = async {
             let mut transaction = self.pool.begin().await?;
             // For this transaction only (in milliseconds).
@@ -97,6 +104,7 @@ impl Storage {
                     storage: self.clone(),
                     transaction,
                     request: request.clone(),
+                    series,
                     stored: Vec::new(),
                 })),
                 Ok(None) => first_response(&mut transaction, request).await,
@@ -171,13 +179,13 @@ async fn first_response(
 }
 
 impl KeyedTransaction {
-    /// Inserts the points (with their rollup deltas) in this transaction; the result is in
-    /// their order.
+    /// Inserts the points given to `claim_key` (with their rollup deltas) in this
+    /// transaction; the result is in their order.
     pub async fn insert(&mut self, points: &[TenantPoint]) -> Result<Vec<Stored>, StorageError> {
-        let series = self.storage.series_ids(points).await?;
+        assert_eq!(points.len(), self.series.len(), "the points of the claim");
         let stored = self
             .storage
-            .run(insert_points(&mut self.transaction, points, &series))
+            .run(insert_points(&mut self.transaction, points, &self.series))
             .await?;
         self.stored.extend_from_slice(&stored);
         Ok(stored)

@@ -147,10 +147,15 @@ impl Storage {
             .map(|p| p.point.metric_type.as_str())
             .collect();
         let tags: Vec<&str> = points.iter().map(|p| p.point.tags.as_json()).collect();
-        // Two statements: a series another writer is creating at this moment is waited for by
-        // the insert (as a conflict), and committed by the time the second statement starts,
-        // which therefore sees every series asked for. One statement could not: its snapshot
-        // is taken before the wait.
+        // Most series asked for exist (a restart forgets the remembered ids): looked up first,
+        // the missing ones are created, then looked up again. The insert waits for a series
+        // another writer is creating at this moment (as a conflict) until it is committed, so
+        // the second lookup, a statement of its own, sees every series asked for; a single
+        // statement could not, its snapshot being taken before the wait.
+        let found = self.existing_series(&tenants, &types, &tags).await?;
+        if found.len() == points.len() {
+            return Ok(found);
+        }
         sqlx::query!(
             // language=PostgreSQL
             r#"
@@ -164,6 +169,20 @@ impl Storage {
         )
         .execute(&self.pool)
         .await?;
+        let found = self.existing_series(&tenants, &types, &tags).await?;
+        if found.len() != points.len() {
+            return Err(sqlx::Error::RowNotFound);
+        }
+        Ok(found)
+    }
+
+    /// The ids of those of the series (given column by column) that exist, in their order.
+    async fn existing_series(
+        &self,
+        tenants: &[&str],
+        types: &[&str],
+        tags: &[&str],
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
@@ -174,15 +193,12 @@ impl Storage {
              and md5(s.tags::text) = md5(w.tags::text) and s.tags = w.tags
             order by w.position
             "#,
-            &tenants as &[&str],
-            &types as &[&str],
-            &tags as &[&str] as _,
+            tenants as &[&str],
+            types as &[&str],
+            tags as &[&str] as _,
         )
         .fetch_all(&self.pool)
         .await?;
-        if rows.len() != points.len() {
-            return Err(sqlx::Error::RowNotFound);
-        }
         Ok(rows.into_iter().map(|row| row.id).collect())
     }
 
