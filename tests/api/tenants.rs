@@ -15,11 +15,15 @@ async fn owner_pool(app: &TestApp) -> PgPool {
     PgPool::connect(&app.settings.database_url).await.unwrap()
 }
 
-/// Rows of tenant acme, written as the auth layer's tenants will be: a point with its delta,
-/// and a folded rollup, all of type cpu like the default tenant's point.
+/// Rows of tenant acme, written as the auth layer's tenants will be: a point with its series
+/// and its delta, and a folded rollup, all of type cpu like the default tenant's point.
 async fn insert_acme_rows(pool: &PgPool) {
     for statement in [
-        "insert into metrics (tenant, metric_type, value, recorded_at) values ('acme', 'cpu', 1000, now())",
+        "with series as (
+             insert into metric_series (tenant, metric_type, tags) values ('acme', 'cpu', '{}') returning id
+         )
+         insert into metrics (tenant, metric_type, value, recorded_at, series_id)
+         select 'acme', 'cpu', 1000, now(), id from series",
         "insert into metric_rollup_deltas
              (tenant, metric_type, minute, count, sum, min, max, latest_at, latest_id, latest_value, sketch)
          values ('acme', 'cpu', date_trunc('minute', now(), 'UTC'), 1, 1000, 1000, 1000, now(), 0, 1000, '{}')",
@@ -116,6 +120,7 @@ async fn an_analyst_reads_only_their_tenants_rows_and_changes_nothing() {
     let alice = PgPool::connect_with(options).await.unwrap();
 
     assert_eq!(tenants_in(&alice, "metrics").await, ["acme"]);
+    assert_eq!(tenants_in(&alice, "metric_series").await, ["acme"]);
     assert_eq!(tenants_in(&alice, "metric_rollups").await, ["acme"]);
     // Deltas are folded into the rollups within a second: whatever is left is acme's.
     let deltas = tenants_in(&alice, "metric_rollup_deltas").await;
