@@ -21,9 +21,12 @@ use crate::{
     coalesce::Coalescer,
     idempotency::{IN_FLIGHT_WAIT, KEY_TTL, KeyedRequest},
     metric::{FieldError, MetricPoint, MetricType, RejectedPoint, Source, TenantPoint},
-    storage::{Claim, SamplesStored, Storage, StorageError, Stored, StoredResponse},
+    storage::{Claim, Storage, StorageError, Stored, StoredResponse},
     tenant::Tenant,
 };
+
+/// What a receiver's write stored.
+pub use crate::storage::SamplesStored;
 
 /// Points in one group-committed insert, at most.
 const MAX_GROUP_POINTS: usize = 1_000;
@@ -174,13 +177,7 @@ impl Writes {
             accepted: stored.len(),
             rejected,
         };
-        let points: Vec<TenantPoint> = points
-            .into_iter()
-            .map(|point| TenantPoint {
-                tenant: tenant.clone(),
-                point,
-            })
-            .collect();
+        let points = in_tenant(&tenant, points);
         let Some(key) = key else {
             let inserted = self.storage.insert_metrics(&points).await;
             let stored = self.after_write(&points, inserted).await?;
@@ -204,13 +201,7 @@ impl Writes {
                 duplicates: 0,
             });
         }
-        let points: Vec<TenantPoint> = points
-            .into_iter()
-            .map(|point| TenantPoint {
-                tenant: tenant.clone(),
-                point,
-            })
-            .collect();
+        let points = in_tenant(&tenant, points);
         let inserted = self.storage.insert_samples(&points, source).await;
         Ok(self.after_write(&points, inserted).await?)
     }
@@ -255,6 +246,17 @@ impl Writes {
         }
         outcome
     }
+}
+
+/// The points, each with the tenant.
+fn in_tenant(tenant: &Tenant, points: Vec<MetricPoint>) -> Vec<TenantPoint> {
+    points
+        .into_iter()
+        .map(|point| TenantPoint {
+            tenant: tenant.clone(),
+            point,
+        })
+        .collect()
 }
 
 /// A failed write may still have committed when its outcome could not be learnt.

@@ -18,6 +18,7 @@ use super::{
     error::{ApiError, ErrorBody, Result},
 };
 use crate::{
+    app::writes::SamplesStored,
     auth::Caller,
     metric::Source,
     receivers::{ReceiveError, Samples, otlp, remote_write},
@@ -50,8 +51,8 @@ async fn decode_off_runtime<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Counts what a receiver left out.
-fn count_left_out(receiver: &'static str, samples: &Samples) {
+/// Counts what a receiver left out: by its rules, and as already stored (a retry).
+fn count_left_out(receiver: &'static str, samples: &Samples, stored: &SamplesStored) {
     let counter = |reason: &'static str, n: usize| {
         ::metrics::counter!("receiver_samples_dropped_total", "receiver" => receiver, "reason" => reason)
             .increment(n as u64);
@@ -59,6 +60,7 @@ fn count_left_out(receiver: &'static str, samples: &Samples) {
     counter("stale_marker", samples.stale);
     counter("no_value", samples.skipped - samples.stale);
     counter("invalid", samples.rejected);
+    counter("duplicate", stored.duplicates);
 }
 
 /// Store samples sent by Prometheus (or any remote-write 1.0 sender: Grafana Alloy, vmagent,
@@ -118,12 +120,12 @@ pub(super) async fn remote_write(
     )
     .await?;
     let mut samples = decode_off_runtime(move || remote_write::samples(&message)).await?;
-    count_left_out("remote_write", &samples);
     let points = std::mem::take(&mut samples.points);
-    state
+    let stored = state
         .writes
         .write_samples(tenant, points, Source::Prometheus)
         .await?;
+    count_left_out("remote_write", &samples, &stored);
     if samples.rejected > 0 {
         return Err(ApiError::SamplesRefused(samples.rejection_message()));
     }
@@ -188,12 +190,12 @@ pub(super) async fn otlp_metrics(
         otlp::samples(&request)
     })
     .await?;
-    count_left_out("otlp", &samples);
     let points = std::mem::take(&mut samples.points);
-    state
+    let stored = state
         .writes
         .write_samples(tenant, points, Source::Otlp)
         .await?;
+    count_left_out("otlp", &samples, &stored);
     let response = otlp::ExportMetricsServiceResponse::of(&samples);
     let (content_type, body) = if json {
         (JSON, Bytes::from(response.to_json().to_string()))
