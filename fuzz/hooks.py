@@ -3,6 +3,7 @@
 import uuid
 
 import schemathesis
+from hypothesis import strategies as st
 
 
 @schemathesis.hook
@@ -14,3 +15,9 @@ def before_call(ctx, case, **kwargs):
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and 1 <= len(key) <= 255 and all("!" <= c <= "~" for c in key):
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
+
+
+# The receivers take protocol messages (a snappy-compressed protobuf WriteRequest, an OTLP
+# ExportMetricsServiceRequest) that a JSON Schema cannot describe: arbitrary bytes, the empty
+# body included, exercise their decoders and limits.
+schemathesis.openapi.media_type("application/x-protobuf", st.binary(max_size=4096))

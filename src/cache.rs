@@ -232,7 +232,7 @@ fn summary_key_prefix(tenant_type: &str, period: Period, filter: &TagFilter) -> 
     if filter.is_empty() {
         return format!("summary:{tenant_type}:{period}:e");
     }
-    let hash = Sha256::digest(filter.as_json());
+    let hash = Sha256::digest(filter.identity());
     let hex: String = hash[..16]
         .iter()
         .map(|byte| format!("{byte:02x}"))

@@ -217,42 +217,52 @@ impl Source {
 }
 
 /// Tag pairs that a read's points must all carry (`tag=key:value`, repeatable): the points
-/// whose tags include every pair.
+/// whose tags include every pair. A key asked for with two values matches nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct TagFilter(BTreeMap<String, String>);
+pub struct TagFilter {
+    pairs: BTreeMap<String, String>,
+    contradictory: bool,
+}
 
 impl TagFilter {
-    /// From `key:value` texts (split at the first colon), each checked like a point's tag; a
-    /// key may appear once.
+    /// From `key:value` texts (split at the first colon), each checked like a point's tag.
     pub fn parse<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        let mut filter = BTreeMap::new();
+        let mut filter = Self::default();
         for pair in pairs {
             let (key, value) = pair
                 .split_once(':')
                 .ok_or_else(|| format!("{pair:?}: must be key:value"))?;
             check_tag(key, value)?;
-            if filter.insert(key.to_owned(), value.to_owned()).is_some() {
-                return Err(format!("{key:?}: a tag key may be filtered on once"));
+            match filter.pairs.insert(key.to_owned(), value.to_owned()) {
+                Some(previous) if previous != value => filter.contradictory = true,
+                _ => {}
             }
-            if filter.len() > MAX_TAGS {
+            if filter.pairs.len() > MAX_TAGS {
                 return Err(format!("at most {MAX_TAGS} tags"));
             }
         }
-        Ok(Self(filter))
+        Ok(filter)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs.is_empty()
+    }
+
+    /// Whether no point can match (a key with two values).
+    pub fn is_contradictory(&self) -> bool {
+        self.contradictory
     }
 
     /// The pairs as a JSON object, for `tags @>`.
     pub fn as_json(&self) -> String {
-        serde_json::to_string(&self.0).expect("string maps serialise")
+        serde_json::to_string(&self.pairs).expect("string maps serialise")
     }
 
-    /// The pairs as `key:value` texts, in key order: part of a cache key.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    /// What tells one filter from another (in a cache key): the pairs, and whether a key had
+    /// two values.
+    pub fn identity(&self) -> String {
+        let marker = if self.contradictory { "!" } else { "" };
+        format!("{marker}{}", self.as_json())
     }
 }
 
@@ -518,6 +528,30 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_filters_split_at_the_first_colon_and_follow_the_tag_rules() {
+        let filter = TagFilter::parse(["instance:web-1:9100", "job:node", "job:node"]).unwrap();
+        assert_eq!(
+            filter.as_json(),
+            r#"{"instance":"web-1:9100","job":"node"}"#
+        );
+        assert!(!filter.is_contradictory());
+        let both = TagFilter::parse(["job:a", "job:b"]).unwrap();
+        assert!(
+            both.is_contradictory(),
+            "no point has two values of one key"
+        );
+        assert_ne!(
+            both.identity(),
+            TagFilter::parse(["job:b"]).unwrap().identity()
+        );
+        assert!(TagFilter::parse(["nocolon"]).is_err());
+        assert!(TagFilter::parse([":value"]).is_err());
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("k{i}:v")).collect();
+        assert!(TagFilter::parse(many.iter().map(String::as_str)).is_err());
+        assert!(TagFilter::parse([]).unwrap().is_empty());
+    }
 
     #[test]
     fn a_timestamp_without_offset_is_utc_and_offsets_are_normalised() {

@@ -211,9 +211,11 @@ impl utoipa::IntoParams for TagQuery {
             ArrayBuilder, ObjectBuilder, Type,
             path::{ParameterBuilder, ParameterIn, ParameterStyle},
         };
-        let pair = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some("^[^:]+:"));
+        // A key as a point's (1-100 characters, no control characters, and here no colon),
+        // a value as a point's (at most 500 characters, no NUL).
+        let pair = ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+            r"^[^:\u0000-\u001F\u007F-\u009F]{1,100}:[^\u0000]{0,500}$",
+        ));
         vec![
             ParameterBuilder::new()
                 .name("tag")

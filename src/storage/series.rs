@@ -210,6 +210,9 @@ impl Storage {
         metric_type: Option<&str>,
         filter: &TagFilter,
     ) -> Result<Vec<i64>, StorageError> {
+        if filter.is_contradictory() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query!(
             // language=PostgreSQL
             r#"
