@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against real PostgreSQL and Redis
-# containers started by testcontainers. Needs a running Docker engine.
+# containers started by testcontainers, and with real senders (Prometheus, the OpenTelemetry
+# Python SDK; scripts/install-test-tools.sh installs them). Needs a running Docker engine.
 #
 #   scripts/test.sh [cargo test arguments...]
 #
@@ -20,6 +21,11 @@ if [[ -z ${TEST_POSTGRES_IMAGE:-} || -z ${TEST_REDIS_IMAGE:-} ]]; then
         export TEST_REDIS_IMAGE=${TEST_REDIS_IMAGE:-resilient-analytics/redis:7-offline}
     fi
 fi
+
+# The tests against real senders (tests/api/real_senders.rs) need Prometheus and a venv with
+# the OpenTelemetry Python SDK; the script installs what is missing and prints the venv's python.
+OTEL_PYTHON=$(scripts/install-test-tools.sh)
+export OTEL_PYTHON
 
 # The crate builds from the committed query metadata in .sqlx/, no database needed.
 export SQLX_OFFLINE=true

@@ -16,6 +16,7 @@ mod list;
 mod operations;
 mod outages;
 mod rate_limit;
+mod real_senders;
 mod receivers;
 mod rollups;
 mod series;
