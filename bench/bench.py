@@ -4,12 +4,13 @@
 Subcommands:
   generate   write the batch files (gzip JSON, 10,000 points each) and the same rows as CSV
   batch      send one stage's batch files with bounded concurrency; time it
-  copy       load one stage's CSV with psql's \\copy; time it with the same clock
+  copy       load one stage's CSV (or any CSV) with psql's \\copy; time it with the same clock
   summary    sequential uncached summary requests per period; median and p99
   summary-user  the same the user's way: main server, Redis FLUSHALL before each request, a
              new connection each, no warm-up; its delay from the end of the load
   wrk        parse a wrk output file into JSON
   report     build the markdown table from everything the run recorded
+  remote-write-report  the table of run.sh --remote-write (the same rows end the full run's)
   soak-report  the soak's table, one row per minute
   memory     one scenario of run.sh --memory (concurrent large or gzip-bomb requests) against
              one server process, watching its RSS; optionally a small client's single writes
@@ -224,13 +225,24 @@ def cmd_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_copy(args: argparse.Namespace) -> None:
-    data = Path(args.data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    stage = manifest["stages"][args.stage]
-    csv = (data / stage["csv"]).resolve()
-    command = (
-        f"\\copy {args.table} (metric_type, value, recorded_at) from '{csv}' with (format csv)"
-    )
+    """One stage of the generated data (--data, --stage), or any CSV (--csv, --expect-rows)
+    into the columns --columns."""
+    if args.csv:
+        if args.expect_rows is None:
+            die("--csv needs --expect-rows")
+        csv = Path(args.csv).resolve()
+        expected = args.expect_rows
+        stage_name = csv.name
+    else:
+        if not (args.data and args.stage):
+            die("copy needs --data and --stage, or --csv")
+        data = Path(args.data)
+        manifest = json.loads((data / "manifest.json").read_text())
+        stage = manifest["stages"][args.stage]
+        csv = (data / stage["csv"]).resolve()
+        expected = stage["points"]
+        stage_name = args.stage
+    command = f"\\copy {args.table} ({args.columns}) from '{csv}' with (format csv)"
     # psql takes its connection from PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE.
     began = time.perf_counter()
     done = subprocess.run(
@@ -242,16 +254,18 @@ def cmd_copy(args: argparse.Namespace) -> None:
         die(f"\\copy failed: {done.stderr.strip()}")
     match = re.search(r"COPY (\d+)", done.stdout)
     rows = int(match.group(1)) if match else -1
-    if rows != stage["points"]:
-        die(f"\\copy loaded {rows} rows, expected {stage['points']}: {done.stdout!r}")
+    if rows != expected:
+        die(f"\\copy loaded {rows} rows, expected {expected}: {done.stdout!r}")
     result = {
-        "stage": args.stage,
+        "stage": stage_name,
+        "table": args.table,
+        "columns": args.columns,
         "rows": rows,
         "seconds": seconds,
         "rows_per_second": rows / seconds,
     }
     Path(args.result).write_text(json.dumps(result, indent=1))
-    print(f"\\copy stage {args.stage}: {rows:,} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s")
+    print(f"\\copy {stage_name} into {args.table}: {rows:,} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s")
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -514,6 +528,161 @@ def write_report(lines: list[str], out: str, exit_failed: bool) -> None:
         sys.exit(2)
 
 
+def setup_rows(facts: dict[str, str], info, run: str) -> None:
+    """The rows that say what was measured where: run, machine, versions, server, settings."""
+    info("run", f"{facts['started']} UTC, {run}, took {facts.get('elapsed', '?')}")
+    info("machine", f"{facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, "
+                    f"kernel {facts['kernel']}")
+    tools = "; ".join(t for t in (facts.get("wrk_version", ""), facts["rustc_version"]) if t)
+    info("versions", f"PostgreSQL {facts['pg_version']} ({facts['pg_image']}); "
+                     f"Redis {facts['redis_version']} ({facts['redis_image']}); "
+                     f"{tools}; psql {facts['psql_version']}; Python {facts['python_version']}")
+    info("server", f"{facts['binary']}; {facts['source']}")
+    info("settings", facts["settings"])
+
+
+def remote_write_rows(work: Path, facts: dict[str, str], info, check) -> None:
+    """The remote-write section's rows (run.sh remote_write_section): its load (the
+    remote_write_load example's JSON), the \\copy of the same rows, the JSON batches of the
+    same number of points, and the fresh server's peak RSS."""
+    def load(name: str) -> dict:
+        return json.loads((work / name).read_text())
+
+    rw = load("rw-load.json")
+    copy = load("copy-rw.json")
+    batch = [load("batch-rw-a.json"), load("batch-rw-b.json")]
+    m, w = rw["measured"], rw["warmup"]
+    per_request = rw["series_per_request"] * rw["samples_per_series"]
+
+    def statuses(phase: dict) -> str:
+        return ", ".join(f"{k:,} × {s}" for s, k in phase["statuses"].items()) or "none"
+
+    def latency(phase: dict) -> str:
+        lat = phase.get("latency_ms")
+        if not lat:
+            return "no requests"
+        return (f"latency p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+                f"max {lat['max']:.0f} ms")
+
+    info("remote write: load",
+         f"{rw['series']:,} distinct series (40 names × 250 targets, 6 labels each), "
+         f"{rw['series_per_request']:,} series × {rw['samples_per_series']} samples = {per_request:,} "
+         f"samples per request ({rw['mean_body_bytes'] / 1000:.0f} KB snappy, "
+         f"{rw['mean_inflated_bytes'] / 1000:.0f} KB protobuf), {rw['requests_per_round']} requests per round, "
+         f"{rw['concurrency']} in flight, timestamps {rw['interval_ms'] / 1000:g} s apart and new in every "
+         f"round; a fresh server process on the database as it was "
+         f"({facts.get('rw_tables', '?')})")
+    if w["requests_planned"]:
+        info(f"remote write: warm-up ({rw['warmup_rounds']} round, creates the series; not in the ratio)",
+             f"{w['samples_per_second']:,.0f} samples/s ({w['samples_accepted']:,} samples in "
+             f"{w['seconds']:.1f} s; {statuses(w)}; {latency(w)})")
+    info("remote write (POST /api/v1/write)",
+         f"{m['samples_per_second']:,.0f} samples/s ({m['samples_accepted']:,} samples in {m['seconds']:.1f} s, "
+         f"{m['requests']:,} requests, {rw['rounds']} rounds; {latency(m)})")
+    clean = rw["not_204"] == 0 and rw["complete"]
+    check("remote write: every response 204, every request sent",
+          f"warm-up {statuses(w)}; measured {statuses(m)}"
+          + ("" if rw["complete"] else "; stopped at the time bound")
+          + f"; rows stored {int(facts['rw_rows_stored']):,}",
+          "all 204, rows = samples", clean and int(facts["rw_rows_stored"]) ==
+          w["samples_accepted"] + m["samples_accepted"])
+    c_rate = copy["rows_per_second"]
+    info("psql \\copy of the same rows into bench_copy",
+         f"{c_rate:,.0f} rows/s ({copy['rows']:,} rows in {copy['seconds']:.1f} s; columns {copy['columns']})")
+    ratio = m["samples_per_second"] / c_rate
+    check("remote write ÷ \\copy", f"{ratio:.3f}", "≥ 0.40", ratio >= 0.40)
+    b_points = sum(b["points"] for b in batch)
+    b_seconds = sum(b["seconds"] for b in batch)
+    b_rate = b_points / b_seconds
+    info("JSON batch, same server (POST /api/metrics/batch, gzip, one type, no tags)",
+         f"{b_rate:,.0f} points/s ({b_points:,} points in {b_seconds:.1f} s, "
+         f"{batch[0]['concurrency']} concurrent requests of 10,000 points; every response 201)")
+    info("remote write ÷ JSON batch (per sample)", f"{m['samples_per_second'] / b_rate:.3f}")
+    cpu_rows(rw, facts, info, [m["samples_accepted"], copy["rows"], b_points])
+    rss = int(facts["rw_rss_kb"]) / 1024
+    check("peak RSS of the server during the remote write (VmHWM)",
+          f"{rss:.1f} MB (idle before {int(facts['rw_idle_rss_kb']) / 1024:.1f} MB; after the JSON "
+          f"batches too {int(facts['rw_rss_after_batch_kb']) / 1024:.1f} MB)",
+          "≤ 100 MB", rss <= 100.0)
+    info("remote-write server log (RUST_LOG=warn)", facts.get("rw_log_lines", "?"))
+
+
+def cpu_rows(rw: dict, facts: dict[str, str], info, counts: list[int]) -> None:
+    """CPU time per sample of the remote write, the \\copy and the JSON batches: the server
+    process's (utime + stime) and PostgreSQL's container's (its cgroup), with the machine's
+    1-minute load average before and after each. Less disturbed than wall time by other work
+    on a shared machine, though not immune (caches, frequency). Left out when unreadable."""
+    tick = 1 / int(facts.get("clock_ticks", "100"))
+
+    def from_facts(*keys: str) -> dict | None:
+        total = {"server_ticks": 0, "postgres_ns": 0, "loads": []}
+        for key in keys:
+            fields = facts.get(key, "").split()
+            if len(fields) != 6 or "-" in (fields[1], fields[4]) or "-" in (fields[0], fields[3]):
+                return None
+            total["server_ticks"] += int(fields[3]) - int(fields[0])
+            total["postgres_ns"] += int(fields[4]) - int(fields[1])
+            total["loads"] += [float(fields[2]), float(fields[5])]
+        return total
+
+    phase = rw["measured"].get("cpu") or {}
+    measured = None
+    if phase.get("server_ticks") is not None and phase.get("postgres_ns") is not None:
+        measured = {"server_ticks": phase["server_ticks"], "postgres_ns": phase["postgres_ns"],
+                    "loads": [phase["loadavg_before"], phase["loadavg_after"]]}
+    parts = [measured, from_facts("rw_copy_cpu"), from_facts("rw_batch_a_cpu", "rw_batch_b_cpu")]
+    if any(p is None for p in parts) or any(n <= 0 for n in counts):
+        info("CPU time per sample", "not measured (no readable CPU counters)")
+        return
+    per = []
+    for part, n in zip(parts, counts):
+        server_us = part["server_ticks"] * tick / n * 1e6
+        pg_us = part["postgres_ns"] / 1e9 / n * 1e6
+        loads = part["loads"]
+        per.append((server_us, pg_us, f"load average {loads[0]:.1f} → {loads[-1]:.1f}"))
+    (rs, rp, rl), (_, cp, cl), (bs, bp, bl) = per
+    info("CPU time per sample: server + PostgreSQL",
+         f"remote write {rs:.1f} + {rp:.1f} = {rs + rp:.1f} µs ({rl}); \\copy (PostgreSQL) {cp:.1f} µs "
+         f"per row ({cl}); JSON batch {bs:.1f} + {bp:.1f} = {bs + bp:.1f} µs ({bl})")
+    info("CPU-time ratio: \\copy's µs per row ÷ remote write's µs per sample",
+         f"{cp / (rs + rp):.3f} (PostgreSQL's alone: {cp / rp:.3f}); against the JSON batch "
+         f"{(bs + bp) / (rs + rp):.3f}")
+
+
+def cmd_remote_write_report(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    facts = read_facts(work / "facts.tsv")
+    rows: list[tuple[str, str, str, str]] = []
+    failed: list[str] = []
+
+    def info(item: str, value: str) -> None:
+        rows.append((item, value, "", ""))
+
+    def check(item: str, value: str, target: str, ok: bool) -> None:
+        rows.append((item, value, target, "PASS" if ok else "**FAIL**"))
+        if not ok:
+            failed.append(item)
+
+    setup_rows(facts, info, facts.get("mode", ""))
+    remote_write_rows(work, facts, info, check)
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        f"### Remote write, {facts['started']} UTC",
+        "",
+        "| item | measured | target | result |",
+        "|---|---|---|---|",
+        *(f"| {cell(a)} | {cell(b)} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+        "Notes: " + facts["rw_notes"],
+        "",
+        f"Overall: {'all targets met' if not failed else 'FAILED: ' + '; '.join(failed)}.",
+    ]
+    write_report(lines, args.out, bool(failed) and args.strict)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     work = Path(args.work)
     facts = read_facts(work / "facts.tsv")
@@ -540,15 +709,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     n = int(facts["points"])
     mode = facts.get("mode", "")
-    info("run", f"{facts['started']} UTC, {mode}, N = {n:,} points, took {facts.get('elapsed', '?')}")
-    info("machine", f"{facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, "
-                    f"kernel {facts['kernel']}")
-    info("versions", f"PostgreSQL {facts['pg_version']} ({facts['pg_image']}); "
-                     f"Redis {facts['redis_version']} ({facts['redis_image']}); "
-                     f"{facts['wrk_version']}; {facts['rustc_version']}; psql {facts['psql_version']}; "
-                     f"Python {facts['python_version']}")
-    info("server", f"{facts['binary']}; {facts['source']}")
-    info("settings", facts["settings"])
+    setup_rows(facts, info, f"{mode}, N = {n:,} points")
 
     ratio = post["requests_per_second"] / live["requests_per_second"]
     load_desc = facts["wrk_load"]
@@ -687,6 +848,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         check(f"summary all: p50/p95/p99 vs percentile_cont at {loaded:,} points",
               ", ".join(f"{k} {e * 100:.3f}%" for k, e in errors), "≤ 1% relative error",
               worst <= 0.01)
+
+    if (work / "rw-load.json").exists():
+        remote_write_rows(work, facts, info, check)
 
     rss = int(facts["rss_kb"]) / 1024
     check("peak RSS of the server (VmHWM)",
@@ -1177,9 +1341,12 @@ def main() -> None:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("copy")
-    p.add_argument("--data", required=True)
-    p.add_argument("--stage", choices=("a", "b"), required=True)
+    p.add_argument("--data")
+    p.add_argument("--stage", choices=("a", "b"))
+    p.add_argument("--csv", help="instead of --data and --stage: this CSV file")
+    p.add_argument("--expect-rows", type=int, help="with --csv: the rows it holds")
     p.add_argument("--table", default="metrics_copy")
+    p.add_argument("--columns", default="metric_type, value, recorded_at")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--result", required=True)
     p.set_defaults(func=cmd_copy)
@@ -1222,6 +1389,12 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("remote-write-report")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_remote_write_report)
 
     p = sub.add_parser("soak-report")
     p.add_argument("--work", required=True)

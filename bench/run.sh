@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark harness for the figures of issue 4 (docs/benchmarks.md explains each one).
 #
-#   bench/run.sh [--quick | --points N | --soak MINUTES | --memory] [--strict] [--keep-work]
+#   bench/run.sh [--quick | --points N | --soak MINUTES | --memory | --remote-write] [--strict]
+#                [--keep-work]
 #
 #   --points N    points of batch data (default 10,000,000)
 #   --quick       N = 200,000 (a few minutes; for checking the harness, not for the record)
@@ -14,6 +15,15 @@
 #                 and 64 to /api/metrics (inflating far past 1 MiB); during the first and third a
 #                 small client sends single writes and its p50/p99 is reported; target < 100 MB;
 #                 report in bench/results/memory-<UTC time>.md (a few minutes)
+#   --remote-write  instead of the figures: Prometheus remote write with 10,000 distinct series
+#                 (examples/remote_write_load.rs: requests of 2,000 series x 5 samples, 4 in
+#                 flight, one warm-up round that creates the series, then 20 rounds of new
+#                 samples) against a fresh server on empty tables; then the same rows with psql
+#                 \copy into bench_copy (like metrics including all), and as many points of
+#                 JSON batches of one type; ratio remote write / \copy (target >= 0.40), and the
+#                 server's peak RSS during the remote write (target <= 100 MB); report in
+#                 bench/results/remote-write-<UTC time>.md (a few minutes). The full run ends
+#                 with the same section (after emptying the tables) and adds its rows.
 #   --strict      exit 2 when a target is missed (default: report only; also for --memory)
 #   --keep-work   keep the temporary directory (data, logs, raw wrk output)
 #
@@ -62,6 +72,16 @@
 #                           the small client's single writes, at most 200, at 20 per second
 #   BENCH_MEMORY_GUARD_MB   kill the server (and report it) when its RSS passes this, default 3072,
 #                           so an unbounded server cannot take the shared machine's memory
+# For --remote-write and the full run's remote-write section (all optional):
+#   BENCH_RW_LOADER         a prebuilt remote_write_load example; otherwise `cargo build --release
+#                           --locked --example remote_write_load` (SQLX_OFFLINE=true)
+#   BENCH_RW_SERIES / BENCH_RW_SAMPLES / BENCH_RW_SERIES_PER_REQUEST
+#                           default 10000 / 5 (per series per request) / 2000
+#   BENCH_RW_ROUNDS         measured rounds (each: every series once), default 20 (1 M samples),
+#                           4 with --quick
+#   BENCH_RW_CONCURRENCY    requests in flight, default 4
+#   BENCH_RW_MAX_SECONDS    the load's time bound (no request starts after it), default 900
+#   BENCH_RW_PORT           the remote-write server's port, default 28082
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -72,6 +92,7 @@ POINTS=10000000
 MODE="full run"
 SOAK_MINUTES=0
 MEMORY=0
+REMOTE_WRITE=0
 STRICT=0
 KEEP_WORK=0
 while [[ $# -gt 0 ]]; do
@@ -84,6 +105,7 @@ while [[ $# -gt 0 ]]; do
             [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 1 ]] || { echo "--soak needs whole minutes >= 1" >&2; exit 2; }
             SOAK_MINUTES=$2; MODE="soak run (--soak $2)"; shift 2 ;;
         --memory) MEMORY=1; MODE="memory run (--memory)"; shift ;;
+        --remote-write) REMOTE_WRITE=1; MODE="remote-write run (--remote-write)"; shift ;;
         --strict) STRICT=1; shift ;;
         --keep-work) KEEP_WORK=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -91,7 +113,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $POINTS -eq 10000000 && $MODE == "custom run" ]] && MODE="full run"
-[[ $MEMORY -eq 0 || $SOAK_MINUTES -eq 0 ]] || { echo "--memory and --soak are separate runs" >&2; exit 2; }
+(( MEMORY + REMOTE_WRITE + (SOAK_MINUTES > 0) <= 1 )) \
+    || { echo "--memory, --soak and --remote-write are separate runs" >&2; exit 2; }
 
 PG_PORT=${BENCH_PG_PORT:-25432}
 REDIS_PORT=${BENCH_REDIS_PORT:-26379}
@@ -124,6 +147,22 @@ done
     && MEMORY_BOMBS >= 1 && MEMORY_BOMBS <= 256 && MEMORY_PROBE_REQUESTS <= 1000 \
     && MEMORY_PROBE_RATE >= 1 && MEMORY_GUARD_MB >= 200)) \
     || { echo "BENCH_MEMORY_*: rounds 1-30, batches and bombs 1-256, probe requests <= 1000, rate >= 1, guard >= 200 MB" >&2; exit 2; }
+RW_SERIES=${BENCH_RW_SERIES:-10000}
+RW_SAMPLES=${BENCH_RW_SAMPLES:-5}
+RW_SERIES_PER_REQUEST=${BENCH_RW_SERIES_PER_REQUEST:-2000}
+# A quick run checks the section with fewer rounds (200,000 samples).
+RW_ROUNDS=${BENCH_RW_ROUNDS:-$([[ $MODE == "quick run (--quick)" ]] && echo 4 || echo 20)}
+RW_CONCURRENCY=${BENCH_RW_CONCURRENCY:-4}
+RW_MAX_SECONDS=${BENCH_RW_MAX_SECONDS:-900}
+RW_PORT=${BENCH_RW_PORT:-28082}
+for value in "$RW_SERIES" "$RW_SAMPLES" "$RW_SERIES_PER_REQUEST" "$RW_ROUNDS" "$RW_CONCURRENCY" "$RW_MAX_SECONDS"; do
+    [[ $value =~ ^[0-9]+$ ]] && ((value >= 1)) || { echo "BENCH_RW_* must be whole numbers >= 1 (got $value)" >&2; exit 2; }
+done
+((RW_SAMPLES * RW_SERIES_PER_REQUEST <= 50000 && RW_ROUNDS <= 1000 && RW_MAX_SECONDS <= 3600)) \
+    || { echo "BENCH_RW_*: at most 50,000 samples per request, 1000 rounds, 3600 s" >&2; exit 2; }
+# Points of JSON batches for the comparison: as many as the measured remote-write samples.
+RW_BATCH_POINTS=$((RW_SERIES * RW_SAMPLES * RW_ROUNDS))
+RW_BATCH_TYPE=bench_rw_batch
 PG_IMAGE=${BENCH_POSTGRES_IMAGE:-resilient-analytics/postgres:15-offline}
 REDIS_IMAGE=${BENCH_REDIS_IMAGE:-resilient-analytics/redis:7-offline}
 read -r -a PG_SETTINGS <<<"${BENCH_PG_SETTINGS:--c shared_buffers=1GB -c max_wal_size=4GB}"
@@ -133,6 +172,7 @@ STARTED_UTC=$(date -u +%Y-%m-%dT%H:%M:%S)
 RESULT_PREFIX=
 [[ $SOAK_MINUTES -eq 0 ]] || RESULT_PREFIX=soak-
 [[ $MEMORY -eq 0 ]] || RESULT_PREFIX=memory-
+[[ $REMOTE_WRITE -eq 0 ]] || RESULT_PREFIX=remote-write-
 RESULT_FILE=$BENCH_DIR/results/$RESULT_PREFIX$(date -u -d "$STARTED_UTC" +%Y%m%dT%H%M%SZ).md
 PG_NAME=ra-bench-postgres-$$
 REDIS_NAME=ra-bench-redis-$$
@@ -192,7 +232,7 @@ json_get() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sy
 
 ensure_tools() {
     local missing=()
-    [[ $MEMORY -eq 1 ]] || command -v wrk >/dev/null || missing+=(wrk)
+    [[ $MEMORY -eq 1 || $REMOTE_WRITE -eq 1 ]] || command -v wrk >/dev/null || missing+=(wrk)
     command -v psql >/dev/null || missing+=(postgresql-client)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
@@ -206,7 +246,7 @@ ensure_tools() {
     fi
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
     # The soak and the full run's concurrent writer hold a fixed rate with oha.
-    if [[ $MEMORY -eq 0 ]] && ! command -v oha >/dev/null; then
+    if [[ $MEMORY -eq 0 && $REMOTE_WRITE -eq 0 ]] && ! command -v oha >/dev/null; then
         command -v cargo >/dev/null || die "the soak and the concurrent writer need oha: cargo install oha --locked"
         log "installing oha (cargo install oha --locked; a few minutes)"
         cargo install oha --locked >/dev/null 2>&1 || die "cargo install oha failed"
@@ -247,9 +287,27 @@ ensure_binary() {
     [[ -x $BINARY ]] || die "no executable server binary at $BINARY"
 }
 
+# The remote-write load generator (examples/remote_write_load.rs), for --remote-write and the
+# full run; not for --memory and --soak.
+ensure_loader() {
+    [[ $MEMORY -eq 0 && $SOAK_MINUTES -eq 0 ]] || return 0
+    if [[ -n ${BENCH_RW_LOADER:-} ]]; then
+        RW_LOADER=$(realpath "$BENCH_RW_LOADER")
+    else
+        command -v cargo >/dev/null || die "cargo not found: install Rust, or set BENCH_RW_LOADER"
+        log "cargo build --release --locked --example remote_write_load (SQLX_OFFLINE=true)"
+        (cd "$REPO" && SQLX_OFFLINE=true cargo build --release --locked --example remote_write_load) \
+            || die "the load generator's build failed; build it elsewhere and set BENCH_RW_LOADER"
+        local target_dir=${CARGO_TARGET_DIR:-$REPO/target}
+        [[ $target_dir == /* ]] || target_dir=$REPO/$target_dir
+        RW_LOADER=$target_dir/release/examples/remote_write_load
+    fi
+    [[ -x $RW_LOADER ]] || die "no executable load generator at $RW_LOADER"
+}
+
 check_ports() {
     local port
-    for port in "$PG_PORT" "$REDIS_PORT" "$APP_PORT" "$SUMMARY_PORT" "$CLOSED_PORT"; do
+    for port in "$PG_PORT" "$REDIS_PORT" "$APP_PORT" "$SUMMARY_PORT" "$CLOSED_PORT" "$RW_PORT"; do
         ! port_in_use "$port" || die "port $port on 127.0.0.1 is in use; choose others (BENCH_*_PORT)"
     done
 }
@@ -588,11 +646,115 @@ memory_run() {
     esac
 }
 
+# The columns a remote-write sample fills, in the order of the exported CSV.
+RW_COLUMNS="tenant, metric_type, value, recorded_at, tags, series_id, source"
+
+# PostgreSQL's container's CPU counter: cgroup v1 cpuacct.usage (ns) or v2 cpu.stat; sets
+# PG_CPU_FILE (empty when neither is found: the CPU figures are then left out).
+find_pg_cpu_file() {
+    local id candidate
+    id=$(docker inspect -f '{{.Id}}' "$PG_NAME")
+    PG_CPU_FILE=
+    for candidate in "/sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage" \
+        "/sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat" "/sys/fs/cgroup/docker/$id/cpu.stat"; do
+        [[ -r $candidate ]] && { PG_CPU_FILE=$candidate; return; }
+    done
+}
+
+# cpu_counters PID: "<utime+stime ticks of PID> <PostgreSQL's CPU ns> <1-minute load average>",
+# "-" where unreadable (the same counters the load generator reads).
+cpu_counters() {
+    local ticks ns=- load
+    ticks=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+    if [[ -n $PG_CPU_FILE ]]; then
+        ns=$(awk '$1 == "usage_usec" { print $2 * 1000; found = 1 } NF == 1 && !found { print $1 }' "$PG_CPU_FILE" || true)
+    fi
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    echo "${ticks:--} ${ns:--} $load"
+}
+
+# remote_write_section: Prometheus remote write (examples/remote_write_load.rs) against a
+# freshly started server process, so its VmHWM is the remote write's own; then the rows it
+# stored, exported (not timed), loaded with psql \copy into bench_copy; then JSON batches of as
+# many points through the same server. Writes rw-load.json, copy-rw.json, batch-rw-{a,b}.json
+# and the rw_* facts. Needs the JSON batch data in $WORK/rw-batch-data.
+remote_write_section() {
+    local url=http://127.0.0.1:$RW_PORT/api/v1/write pid rows stage
+    log "remote write: starting a fresh server on 127.0.0.1:$RW_PORT (RUST_LOG=warn)"
+    start_server rw "$RW_PORT" "redis://$REDIS_ADDR:6379/0"
+    pid=$SERVER_PID
+    wait_for "the remote-write server to be healthy" 120 health_is "$RW_PORT" "$pid" healthy
+    # After the server's start-up, which creates the tables on a fresh database.
+    fact rw_tables "$(sql "select format('metrics %s rows, metric_series %s rows', (select count(*) from metrics), (select count(*) from metric_series))")"
+    sleep 1 # idle: past start-up and the first health checks
+    fact rw_idle_rss_kb "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
+    find_pg_cpu_file
+    fact clock_ticks "$(getconf CLK_TCK)"
+    sql "checkpoint"
+    log "remote write: $RW_SERIES series, $RW_SERIES_PER_REQUEST series x $RW_SAMPLES samples per request, $RW_CONCURRENCY in flight, 1 warm-up + $RW_ROUNDS rounds (at most ${RW_MAX_SECONDS}s)"
+    timeout "$((RW_MAX_SECONDS + 180))" "$RW_LOADER" --url "$url" --series "$RW_SERIES" \
+        --samples-per-series "$RW_SAMPLES" --series-per-request "$RW_SERIES_PER_REQUEST" \
+        --warmup-rounds 1 --rounds "$RW_ROUNDS" --concurrency "$RW_CONCURRENCY" \
+        --max-seconds "$RW_MAX_SECONDS" --cpu-pid "$pid" ${PG_CPU_FILE:+--cpu-file "$PG_CPU_FILE"} \
+        --result "$WORK/rw-load.json" 2>&1 | tee "$WORK/rw-load.txt" >&2 \
+        || { stop_server "$pid"; die "the remote-write load failed (see above; server log: $WORK/rw.log, use --keep-work)"; }
+    fact rw_rss_kb "$(peak_rss_kb "$pid")"
+    sleep 1 # nothing is in flight (the loader waited for every answer); the fold may still run
+    rows=$(sql "select count(*) from metrics where source = 'prometheus'")
+    fact rw_rows_stored "$rows"
+    ((rows > 0)) || die "the remote write stored no rows"
+    log "remote write: exporting the $rows rows it stored to CSV (not timed)"
+    sql "\\copy (select $RW_COLUMNS from metrics where source = 'prometheus' order by id) to '$WORK/rw.csv' with (format csv)"
+    log "psql \\copy of the same rows into bench_copy"
+    sql "create table bench_copy (like metrics including all)"
+    [[ $(sql "select attidentity from pg_attribute where attrelid = 'bench_copy'::regclass and attname = 'id'") == a ]] \
+        || die "bench_copy did not get the identity column"
+    sql "checkpoint"
+    local before
+    before=$(cpu_counters "$pid")
+    python3 "$BENCH_PY" copy --csv "$WORK/rw.csv" --expect-rows "$rows" --table bench_copy \
+        --columns "$RW_COLUMNS" --result "$WORK/copy-rw.json"
+    fact rw_copy_cpu "$before $(cpu_counters "$pid")"
+    sql "drop table bench_copy"
+    rm -f "$WORK/rw.csv"
+    for stage in a b; do
+        sql "checkpoint"
+        log "JSON batches for comparison, stage $stage: POST /api/metrics/batch (type $RW_BATCH_TYPE), $BATCH_CONCURRENCY concurrent"
+        before=$(cpu_counters "$pid")
+        python3 "$BENCH_PY" batch --data "$WORK/rw-batch-data" --stage "$stage" --port "$RW_PORT" \
+            --concurrency "$BATCH_CONCURRENCY" --result "$WORK/batch-rw-$stage.json"
+        fact "rw_batch_${stage}_cpu" "$before $(cpu_counters "$pid")"
+    done
+    fact rw_rss_after_batch_kb "$(peak_rss_kb "$pid")"
+    stop_server "$pid"
+    fact rw_log_lines "$(log_summary "$WORK/rw.log")"
+    fact rw_notes "Remote write: examples/remote_write_load.rs (release build), bodies encoded and snappy-compressed before timing; samples/s of the measured rounds = samples answered 204 ÷ the wall time from the first request to the last response; the warm-up round (every series once, creating the $RW_SERIES series in metric_series) is reported apart and not in the ratio; no Authorization header (AUTH_MODE=off, tenant default; the rate limiter is in the path). \\copy: the rows the remote write stored (warm-up included), exported in id order with \\copy to CSV (not timed), loaded after a CHECKPOINT with psql -c \"\\copy bench_copy ($RW_COLUMNS) from ... csv\" (timed by bench.py, psql start-up included) into bench_copy, created \`like metrics including all\` (columns, defaults, identity, checks, all five indexes including the partial unique metrics_received_sample_idx), then dropped. JSON batches: $RW_BATCH_POINTS generated points of type $RW_BATCH_TYPE without tags (bench.py generate, in 10,000-point gzip files), sent to the same server after the \\copy, each stage after a CHECKPOINT."
+}
+
+remote_write_run() {
+    log "generating $RW_BATCH_POINTS points of JSON batches for the comparison (before any timing)"
+    python3 "$BENCH_PY" generate --points "$RW_BATCH_POINTS" --out "$WORK/rw-batch-data" --type "$RW_BATCH_TYPE"
+    start_containers
+    record_machine
+    remote_write_section
+    fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
+    mkdir -p "$BENCH_DIR/results"
+    local report_args=(--work "$WORK" --out "$RESULT_FILE") report_rc=0
+    [[ $STRICT -eq 0 ]] || report_args+=(--strict)
+    python3 "$BENCH_PY" remote-write-report "${report_args[@]}" || report_rc=$?
+    case $report_rc in
+        0) ;;
+        2) echo "bench: targets missed (--strict); see $RESULT_FILE" >&2; exit 2 ;;
+        *) die "the remote-write report failed (exit $report_rc)" ;;
+    esac
+}
+
 # --- main -------------------------------------------------------------------------------------
 
 ensure_tools
 ensure_images
 ensure_binary
+ensure_loader
 check_ports
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ra-bench.XXXXXX")
 : >"$WORK/facts.tsv"
@@ -606,10 +768,16 @@ if [[ $MEMORY -eq 1 ]]; then
     memory_run
     exit 0
 fi
+if [[ $REMOTE_WRITE -eq 1 ]]; then
+    log "work directory $WORK; $MODE"
+    remote_write_run
+    exit 0
+fi
 log "work directory $WORK; N = $POINTS points ($MODE)"
 
 log "generating $POINTS points (before any timing)"
 python3 "$BENCH_PY" generate --points "$POINTS" --out "$WORK/data" --type "$METRIC_TYPE"
+python3 "$BENCH_PY" generate --points "$RW_BATCH_POINTS" --out "$WORK/rw-batch-data" --type "$RW_BATCH_TYPE"
 STAGE_A=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["stages"]["a"]["points"])' "$WORK/data/manifest.json")
 
 start_containers
@@ -649,6 +817,12 @@ rss=$(peak_rss_kb "$APP_PID")
 fact rss_kb "$rss"
 rss=$(peak_rss_kb "$SUMMARY_PID")
 fact rss_summary_kb "$rss"
+
+log "step 7: remote write (as --remote-write, from empty tables)"
+stop_server "$APP_PID"
+stop_server "$SUMMARY_PID"
+sql "truncate metrics, metric_series, metric_rollups, metric_rollup_deltas"
+remote_write_section
 fact elapsed "$((SECONDS / 60))m$((SECONDS % 60))s"
 fact log_lines "server: $(log_summary "$WORK/app.log"); summary server: $(log_summary "$WORK/summary.log") (Redis unreachable is expected there)"
 fact notes "The first 10% of the batch data is every tenth point, so it also spans the 30 days (daily and hourly windows are populated at both sizes). Batch and \\copy rates are over the two stages' load times (pauses excluded), each stage after a CHECKPOINT. Summaries the user's way: right after each batch stage (no VACUUM; the delay from the end of the load to the first and last request is in the table), and at N again under a concurrent writer (oha -q, half the maximum rate of the same point, type $METRIC_TYPE, so every write invalidates the measured summaries); through the main server, Redis FLUSHALL (not timed) before every request, each request on a new TCP connection and timed from before the connect to the last byte, none excluded, median and nearest-rank p99 of $USER_SUMMARY_REQUESTS sequential requests per period (X-Cache MISS checked). Summaries the current way: second server process with REDIS_URL on closed port $CLOSED_PORT (no cache; X-Cache MISS checked), one keep-alive connection, $SUMMARY_WARMUP warm-up requests per period excluded, median and nearest-rank p99 of $SUMMARY_REQUESTS sequential requests, after VACUUM (ANALYZE) (which took $(awk -F'\t' '$1 ~ /^vacuum_/ { printf "%s%s", sep, $2; sep = " and " }' "$WORK/facts.tsv")), and at N after the writer. Each uncached summary also awaits the simulated enrichment call (50-150 ms), concurrently with the query. metrics_copy is \`like metrics including all\` (columns, defaults, identity, constraints, indexes), without whatever else the service maintains on insert."
