@@ -1,54 +1,58 @@
-//! The read-through summary cache in Redis, kept fresh after writes.
+//! The read-through summary cache in Redis, kept fresh after writes on every instance.
 //!
-//! Summaries are per tenant and type: "a type" below is always one tenant's type, named in
-//! keys as `{tenant}:{type}` (unambiguous: a tenant has no ':').
+//! Summaries are per tenant and type: "a type" below is always one tenant's type. Every key
+//! of a tenant carries the tenant as its hash tag (`{acme}`), so a lookup script that reads
+//! several of them stays on one Redis Cluster slot.
 //!
-//! Each type has a generation counter (`summary_gen:{tenant}:{type}`), bumped after every
-//! committed write of that type, and one epoch counter (`summary_epoch`) is shared by all
-//! types. Summaries are cached under `summary:{tenant}:{type}:{period}:e{epoch}:g{generation}`,
-//! with the epoch and generation read *before* the summary was computed, in the same script
-//! as the lookup. A read after a write therefore never sees a summary computed before it,
-//! even one that a slow reader stores late.
+//! Each type has a generation counter in Redis (`summary_gen:{tenant}:{type}`), bumped after
+//! every committed write of that type. Each tenant also has an epoch in PostgreSQL
+//! (`summary_epochs`), bumped instead when a write cannot bump its generations in Redis: it
+//! covers more than `MAX_TYPE_BUMPS` types, or Redis did not answer. Summaries are cached
+//! under `summary:{tenant}:{type}:{period}:g{generation}` with the epoch they were computed
+//! under inside, both read *before* the summary was computed: a read after a write, on any
+//! instance, never sees a summary computed before it, even one that a slow reader stores
+//! late, and even when the writer had lost Redis (the epoch is where every instance looks).
 //!
-//! Bumping the epoch makes every cached summary stale at once. A write of more than
-//! `MAX_TYPE_BUMPS` types bumps the epoch instead of its types, so that no round trip to
-//! Redis grows with the size of a write.
+//! The epoch is read on every lookup, beside the Redis lookup (in parallel): one primary-key
+//! read. While PostgreSQL does not answer within `EPOCH_READ_TIMEOUT`, cached summaries are
+//! served as they are (no write can be acknowledged then) and fresh ones are not stored.
 //!
-//! A bump that fails while Redis is unavailable is owed, and paid before the cache is used
-//! again; until then the types it covers are served uncached. At most `MAX_TYPE_BUMPS` types
-//! are remembered: past that, they are forgotten and an epoch bump is owed instead (covering
-//! every type), so an outage costs little memory and the flush after it stays one small
-//! round trip that cannot itself time out and mark Redis down.
+//! An epoch bump that fails as well (PostgreSQL lost right after the commit) is owed, and
+//! paid before the cache is used again; until then the tenants it covers are served
+//! uncached by this instance. At most `MAX_TYPE_BUMPS` tenants are remembered: past that, a
+//! bump of every tenant's epoch is owed instead.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
 use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
     metric::{Period, Summary, TagFilter},
     redis_connection::RedisConnection,
+    storage::Storage,
     tenant::Tenant,
 };
 
 /// Generation counters outlive any cached summary by far; expiring them only bounds memory.
-/// The epoch is one key and never expires.
 const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-const EPOCH_KEY: &str = "summary_epoch";
-/// Types bumped in one round trip, or remembered while Redis is away, at most; past it the
-/// epoch is bumped instead.
+/// Types bumped in Redis by one write, or tenants remembered while PostgreSQL is away, at
+/// most; past it the tenants' epochs are bumped instead (or every tenant's).
 const MAX_TYPE_BUMPS: usize = 256;
+/// As long as a Redis operation may take: a cached summary is not held up longer by the
+/// epoch's read.
+const EPOCH_READ_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Reads the epoch, a type's generation and the summary cached under both, in one round trip.
-/// The key it reads is the one `summary_key` makes.
+/// Reads a type's generation and the summary cached under it, in one round trip. The key it
+/// reads is the one `summary_key` makes, in the same slot as the generation's.
 const LOOKUP_SCRIPT: &str = r"
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local generation = redis.call('GET', KEYS[2]) or '0'
-return {epoch, generation, redis.call('GET', ARGV[1] .. epoch .. ':g' .. generation)}
+local generation = redis.call('GET', KEYS[1]) or '0'
+return {generation, redis.call('GET', ARGV[1] .. generation)}
 ";
 
 /// A cache read: either the cached summary, or what is needed to store a fresh one.
@@ -61,20 +65,30 @@ pub enum Lookup {
 /// under).
 pub struct CacheSlot {
     key: String,
+    epoch: i64,
+}
+
+/// What is stored under a summary's key.
+#[derive(Serialize, Deserialize)]
+struct Cached<S> {
+    epoch: i64,
+    summary: S,
 }
 
 pub struct SummaryCache {
     redis: RedisConnection,
+    storage: Storage,
     ttl: Duration,
     lookup: Script,
-    /// Bumps that failed while Redis was unavailable.
+    /// Epoch bumps that failed while PostgreSQL was unavailable.
     pending: Mutex<PendingBumps>,
 }
 
 impl SummaryCache {
-    pub fn new(redis: RedisConnection, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, storage: Storage, ttl: Duration) -> Self {
         Self {
             redis,
+            storage,
             ttl,
             lookup: Script::new(LOOKUP_SCRIPT),
             pending: Mutex::new(PendingBumps::new(MAX_TYPE_BUMPS)),
@@ -91,36 +105,45 @@ impl SummaryCache {
         filter: &TagFilter,
     ) -> Lookup {
         self.flush_pending_bumps().await;
-        let tenant_type = tenant_type(tenant, metric_type);
-        if self.pending().covers(&tenant_type) {
+        if self.pending().covers(tenant.as_str()) {
             metrics::counter!("summary_cache_requests_total", "result" => "miss").increment(1);
             return Lookup::Miss(None);
         }
-        let key_prefix = summary_key_prefix(&tenant_type, period, filter);
+        let key_prefix = summary_key_prefix(tenant, metric_type, period, filter);
         let script = &self.lookup;
-        let keys = [EPOCH_KEY.to_owned(), generation_key(&tenant_type)];
+        let generation_key = generation_key(tenant, metric_type);
         let prefix = key_prefix.clone();
-        let found = self
-            .redis
-            .run(|mut conn| async move {
+        let (epoch, found) = tokio::join!(
+            tokio::time::timeout(EPOCH_READ_TIMEOUT, self.storage.summary_epoch(tenant)),
+            self.redis.run(|mut conn| async move {
                 script
-                    .key(&keys)
+                    .key(generation_key)
                     .arg(prefix)
-                    .invoke_async::<(String, String, Option<String>)>(&mut conn)
+                    .invoke_async::<(String, Option<String>)>(&mut conn)
                     .await
             })
-            .await;
+        );
+        let epoch = epoch.ok().and_then(Result::ok);
         let lookup = match found {
-            Ok((_, _, Some(json))) => match serde_json::from_str(&json) {
-                Ok(summary) => Lookup::Hit(Box::new(summary)),
-                Err(error) => {
-                    tracing::warn!(%error, "discarding unreadable cached summary");
-                    Lookup::Miss(None)
+            Ok((generation, cached)) => {
+                let cached = cached.and_then(|json| {
+                    serde_json::from_str::<Cached<Summary>>(&json)
+                        .inspect_err(|error| {
+                            tracing::warn!(%error, "discarding unreadable cached summary");
+                        })
+                        .ok()
+                });
+                match (cached, epoch) {
+                    (Some(cached), epoch) if epoch.is_none_or(|epoch| epoch == cached.epoch) => {
+                        Lookup::Hit(Box::new(cached.summary))
+                    }
+                    (_, Some(epoch)) => Lookup::Miss(Some(CacheSlot {
+                        key: summary_key(&key_prefix, &generation),
+                        epoch,
+                    })),
+                    (_, None) => Lookup::Miss(None),
                 }
-            },
-            Ok((epoch, generation, None)) => Lookup::Miss(Some(CacheSlot {
-                key: summary_key(&key_prefix, &epoch, &generation),
-            })),
+            }
             Err(_) => Lookup::Miss(None),
         };
         let result = if matches!(lookup, Lookup::Hit(_)) {
@@ -135,7 +158,11 @@ impl SummaryCache {
     /// Stores a summary for at most `ttl` (shorter than the configured TTL when asked).
     pub async fn store(&self, slot: CacheSlot, summary: &Summary, max_ttl: Option<Duration>) {
         let ttl = max_ttl.map_or(self.ttl, |max| max.min(self.ttl));
-        let Ok(json) = serde_json::to_string(summary) else {
+        let cached = Cached {
+            epoch: slot.epoch,
+            summary,
+        };
+        let Ok(json) = serde_json::to_string(&cached) else {
             return;
         };
         let _ = self
@@ -147,64 +174,69 @@ impl SummaryCache {
             .await;
     }
 
-    /// Makes every cached summary of these (tenant, type) pairs stale, in one round trip (the
-    /// epoch's bump, for more than `MAX_TYPE_BUMPS` of them). Call after the write has
-    /// committed.
+    /// Makes every cached summary of these (tenant, type) pairs stale on every instance: by
+    /// their generations in Redis, else by their tenants' epochs. Call after the write has
+    /// committed, before it is acknowledged.
     pub async fn invalidate<'a>(
         &self,
         metric_types: impl IntoIterator<Item = (&'a Tenant, &'a str)>,
     ) {
-        let tenant_types: Vec<String> = metric_types
-            .into_iter()
-            .map(|(tenant, metric_type)| tenant_type(tenant, metric_type))
-            .collect();
-        let tenant_types: Vec<&str> = tenant_types.iter().map(String::as_str).collect();
-        let bumped = if tenant_types.len() > MAX_TYPE_BUMPS {
-            self.bump_epoch().await
-        } else {
-            self.bump_types(tenant_types.iter().copied()).await
-        };
+        let mut by_tenant: BTreeMap<&Tenant, Vec<&str>> = BTreeMap::new();
+        for (tenant, metric_type) in metric_types {
+            by_tenant.entry(tenant).or_default().push(metric_type);
+        }
+        let types: usize = by_tenant.values().map(Vec::len).sum();
+        let bumped = types <= MAX_TYPE_BUMPS && self.bump_generations(&by_tenant).await;
         if !bumped {
-            self.pending().owe(&tenant_types);
+            let tenants: Vec<&str> = by_tenant.keys().map(|tenant| tenant.as_str()).collect();
+            if self.storage.bump_summary_epochs(&tenants).await.is_err() {
+                self.pending().owe(&tenants);
+            }
         }
     }
 
-    /// Bumps the generations of these `{tenant}:{type}` pairs.
-    async fn bump_types<'a>(&self, tenant_types: impl Iterator<Item = &'a str>) -> bool {
-        let mut pipe = redis::pipe();
-        for tenant_type in tenant_types {
-            let key = generation_key(tenant_type);
-            pipe.incr(&key, 1)
-                .ignore()
-                .expire(&key, GENERATION_TTL.as_secs() as i64)
-                .ignore();
-        }
+    /// Bumps the generations of these types: one pipeline per tenant (a pipeline stays in
+    /// one slot), sent together.
+    async fn bump_generations(&self, by_tenant: &BTreeMap<&Tenant, Vec<&str>>) -> bool {
+        let pipelines: Vec<redis::Pipeline> = by_tenant
+            .iter()
+            .map(|(tenant, metric_types)| {
+                let mut pipe = redis::pipe();
+                for metric_type in metric_types {
+                    let key = generation_key(tenant, metric_type);
+                    pipe.incr(&key, 1)
+                        .ignore()
+                        .expire(&key, GENERATION_TTL.as_secs() as i64)
+                        .ignore();
+                }
+                pipe
+            })
+            .collect();
         self.redis
-            .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .run(|conn| async move {
+                let sent = pipelines.iter().map(|pipe| {
+                    let mut conn = conn.clone();
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(sent).await.map(drop)
+            })
             .await
             .is_ok()
     }
 
-    async fn bump_epoch(&self) -> bool {
-        self.redis
-            .run(|mut conn| async move { conn.incr::<_, _, ()>(EPOCH_KEY, 1).await })
-            .await
-            .is_ok()
-    }
-
-    /// Pays the owed bumps, if any, in one round trip.
+    /// Pays the owed epoch bumps, if any, in one statement.
     async fn flush_pending_bumps(&self) {
         let Some(flush) = self.pending().flush() else {
             return;
         };
         let bumped = match &flush {
-            Flush::Epoch(_) => self.bump_epoch().await,
-            Flush::Types(types) => {
-                self.bump_types(types.iter().map(|(tenant_type, _)| tenant_type.as_str()))
-                    .await
+            Flush::AllTenants(_) => self.storage.bump_summary_epochs(&[ALL_TENANTS]).await,
+            Flush::Tenants(tenants) => {
+                let tenants: Vec<&str> = tenants.iter().map(|(t, _)| t.as_str()).collect();
+                self.storage.bump_summary_epochs(&tenants).await
             }
         };
-        if bumped {
+        if bumped.is_ok() {
             self.pending().flushed(flush);
         }
     }
@@ -214,114 +246,120 @@ impl SummaryCache {
     }
 }
 
-/// A tenant's type as one part of a key, `{tenant}:{type}`: unambiguous, since a tenant has
-/// no ':' (a type may).
-fn tenant_type(tenant: &Tenant, metric_type: &str) -> String {
-    format!("{tenant}:{metric_type}")
+/// The epoch row that counts for every tenant (no tenant's name can be `*`).
+const ALL_TENANTS: &str = crate::storage::ALL_TENANTS_EPOCH;
+
+/// `summary_gen:{tenant}:{type}`: the tenant is the hash tag; a type may hold ':' and
+/// braces, which only the first `{...}` of a key would matter for.
+fn generation_key(tenant: &Tenant, metric_type: &str) -> String {
+    format!("summary_gen:{{{tenant}}}:{metric_type}")
 }
 
-fn generation_key(tenant_type: &str) -> String {
-    format!("summary_gen:{tenant_type}")
-}
-
-/// A summary's key up to its epoch; the lookup script appends the same as `summary_key`. A
-/// summary filtered by tags is a summary of its own, under the hash of its filter; all of a
-/// type's are made stale by its generation.
-fn summary_key_prefix(tenant_type: &str, period: Period, filter: &TagFilter) -> String {
+/// A summary's key up to its generation; the lookup script appends the same as
+/// `summary_key`. A summary filtered by tags is a summary of its own, under the hash of its
+/// filter; all of a type's are made stale by its generation.
+fn summary_key_prefix(
+    tenant: &Tenant,
+    metric_type: &str,
+    period: Period,
+    filter: &TagFilter,
+) -> String {
     let period = period.as_str();
     if filter.is_empty() {
-        return format!("summary:{tenant_type}:{period}:e");
+        return format!("summary:{{{tenant}}}:{metric_type}:{period}:g");
     }
     let hash = Sha256::digest(filter.identity());
     let hex: String = hash[..16]
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect();
-    format!("summary:{tenant_type}:{period}:t{hex}:e")
+    format!("summary:{{{tenant}}}:{metric_type}:{period}:t{hex}:g")
 }
 
-fn summary_key(prefix: &str, epoch: &str, generation: &str) -> String {
-    format!("{prefix}{epoch}:g{generation}")
+fn summary_key(prefix: &str, generation: &str) -> String {
+    format!("{prefix}{generation}")
 }
 
-/// Bumps owed to Redis: the types (`{tenant}:{type}`) whose bump failed, at most `bound` of
-/// them, or past that one epoch bump that covers every type. Each owed bump carries a stamp, so that a flush
-/// clears only what it sent: a bump owed again while the flush was in flight (for a write
-/// that committed after the flush's bump) stays owed.
+/// Epoch bumps owed to PostgreSQL: the tenants whose bump failed, at most `bound` of them,
+/// or past that one bump that covers every tenant. Each owed bump carries a stamp, so that a
+/// flush clears only what it sent: a bump owed again while the flush was in flight (for a
+/// write that committed after the flush's bump) stays owed.
 #[derive(Debug)]
 struct PendingBumps {
     bound: usize,
-    types: HashMap<String, u64>,
-    /// The owed epoch bump's stamp. While one is owed, `types` is empty.
-    epoch: Option<u64>,
+    tenants: HashMap<String, u64>,
+    /// The owed bump of every tenant's epoch, by its stamp. While one is owed, `tenants` is
+    /// empty.
+    all: Option<u64>,
     last_stamp: u64,
 }
 
-/// One round trip's worth of owed bumps, with their stamps.
+/// One statement's worth of owed bumps, with their stamps.
 #[derive(Debug, PartialEq)]
 enum Flush {
-    Epoch(u64),
-    /// At most the bound of types.
-    Types(Vec<(String, u64)>),
+    AllTenants(u64),
+    /// At most the bound of tenants.
+    Tenants(Vec<(String, u64)>),
 }
 
 impl PendingBumps {
     fn new(bound: usize) -> Self {
         Self {
             bound,
-            types: HashMap::new(),
-            epoch: None,
+            tenants: HashMap::new(),
+            all: None,
             last_stamp: 0,
         }
     }
 
-    /// Remembers that bumping these types failed.
-    fn owe(&mut self, metric_types: &[&str]) {
+    /// Remembers that bumping these tenants' epochs failed.
+    fn owe(&mut self, tenants: &[&str]) {
         self.last_stamp += 1;
         let stamp = self.last_stamp;
-        if self.epoch.is_none() && metric_types.len() <= self.bound {
-            for metric_type in metric_types {
-                self.types.insert((*metric_type).to_owned(), stamp);
+        if self.all.is_none() && tenants.len() <= self.bound {
+            for tenant in tenants {
+                self.tenants.insert((*tenant).to_owned(), stamp);
             }
-            if self.types.len() <= self.bound {
+            if self.tenants.len() <= self.bound {
                 return;
             }
         }
-        // Too many to remember, or an epoch bump is owed already (perhaps in flight, sent
-        // before these writes committed): owe a new one, which covers these types too.
-        self.types.clear();
-        self.epoch = Some(stamp);
+        // Too many to remember, or a bump of all is owed already (perhaps in flight, sent
+        // before these writes committed): owe a new one, which covers these tenants too.
+        self.tenants.clear();
+        self.all = Some(stamp);
     }
 
-    /// Whether a bump covering this type is owed: its summaries must not come from the cache.
-    fn covers(&self, metric_type: &str) -> bool {
-        self.epoch.is_some() || self.types.contains_key(metric_type)
+    /// Whether a bump covering this tenant is owed: its summaries must not come from the
+    /// cache.
+    fn covers(&self, tenant: &str) -> bool {
+        self.all.is_some() || self.tenants.contains_key(tenant)
     }
 
     /// Everything owed, or `None` when nothing is.
     fn flush(&self) -> Option<Flush> {
-        if let Some(stamp) = self.epoch {
-            return Some(Flush::Epoch(stamp));
+        if let Some(stamp) = self.all {
+            return Some(Flush::AllTenants(stamp));
         }
-        if self.types.is_empty() {
+        if self.tenants.is_empty() {
             return None;
         }
-        let types = self.types.iter().map(|(t, stamp)| (t.clone(), *stamp));
-        Some(Flush::Types(types.collect()))
+        let tenants = self.tenants.iter().map(|(t, stamp)| (t.clone(), *stamp));
+        Some(Flush::Tenants(tenants.collect()))
     }
 
     /// Forgets the bumps a successful flush sent, unless they were owed again since.
     fn flushed(&mut self, flush: Flush) {
         match flush {
-            Flush::Epoch(stamp) => {
-                if self.epoch == Some(stamp) {
-                    self.epoch = None;
+            Flush::AllTenants(stamp) => {
+                if self.all == Some(stamp) {
+                    self.all = None;
                 }
             }
-            Flush::Types(types) => {
-                for (metric_type, stamp) in types {
-                    if self.types.get(&metric_type) == Some(&stamp) {
-                        self.types.remove(&metric_type);
+            Flush::Tenants(tenants) => {
+                for (tenant, stamp) in tenants {
+                    if self.tenants.get(&tenant) == Some(&stamp) {
+                        self.tenants.remove(&tenant);
                     }
                 }
             }
@@ -333,14 +371,14 @@ impl PendingBumps {
 mod tests {
     use super::*;
 
-    fn flushed_types(pending: &PendingBumps) -> Vec<String> {
+    fn flushed_tenants(pending: &PendingBumps) -> Vec<String> {
         match pending.flush() {
-            Some(Flush::Types(types)) => {
+            Some(Flush::Tenants(types)) => {
                 let mut types: Vec<String> = types.into_iter().map(|(t, _)| t).collect();
                 types.sort();
                 types
             }
-            other => panic!("expected a flush of types, got {other:?}"),
+            other => panic!("expected a flush of tenants, got {other:?}"),
         }
     }
 
@@ -349,32 +387,30 @@ mod tests {
     }
 
     #[test]
-    fn summary_keys_name_the_tenant_type_period_epoch_and_generation() {
-        let cpu = tenant_type(&tenant("acme"), "cpu");
-        assert_eq!(generation_key(&cpu), "summary_gen:acme:cpu");
+    fn summary_keys_name_the_tenant_as_hash_tag_the_type_period_and_generation() {
+        let acme = tenant("acme");
         let unfiltered = TagFilter::default();
-        let prefix = summary_key_prefix(&cpu, Period::Daily, &unfiltered);
-        assert_eq!(
-            summary_key(&prefix, "3", "17"),
-            "summary:acme:cpu:daily:e3:g17"
-        );
+        assert_eq!(generation_key(&acme, "cpu"), "summary_gen:{acme}:cpu");
+        let prefix = summary_key_prefix(&acme, "cpu", Period::Daily, &unfiltered);
+        assert_eq!(summary_key(&prefix, "17"), "summary:{acme}:cpu:daily:g17");
         assert_eq!(
             summary_key(
-                &summary_key_prefix(&cpu, Period::All, &unfiltered),
-                "0",
+                &summary_key_prefix(&acme, "cpu", Period::All, &unfiltered),
                 "0"
             ),
-            "summary:acme:cpu:all:e0:g0"
+            "summary:{acme}:cpu:all:g0"
         );
+        // A type's own braces come after the tenant's: the tenant stays the hash tag.
+        assert!(generation_key(&acme, "{x}").starts_with("summary_gen:{acme}:"));
     }
 
     #[test]
     fn each_tag_filter_has_its_own_key() {
-        let cpu = tenant_type(&tenant("acme"), "cpu");
+        let acme = tenant("acme");
         let filter = |pairs: &[&str]| TagFilter::parse(pairs.iter().copied()).unwrap();
-        let key = |filter: &TagFilter| summary_key_prefix(&cpu, Period::All, filter);
+        let key = |filter: &TagFilter| summary_key_prefix(&acme, "cpu", Period::All, filter);
         let job = key(&filter(&["job:node"]));
-        assert!(job.starts_with("summary:acme:cpu:all:t"), "{job}");
+        assert!(job.starts_with("summary:{acme}:cpu:all:t"), "{job}");
         assert_ne!(job, key(&filter(&["job:other"])));
         assert_ne!(job, key(&TagFilter::default()));
         // The order of the parameters does not matter.
@@ -384,18 +420,22 @@ mod tests {
     #[test]
     fn two_tenants_keys_for_the_same_type_differ() {
         let (acme, default) = (tenant("acme"), Tenant::default_tenant());
-        let (of_acme, of_default) = (tenant_type(&acme, "cpu"), tenant_type(&default, "cpu"));
-        assert_ne!(generation_key(&of_acme), generation_key(&of_default));
         assert_ne!(
-            summary_key_prefix(&of_acme, Period::All, &TagFilter::default()),
-            summary_key_prefix(&of_default, Period::All, &TagFilter::default())
+            generation_key(&acme, "cpu"),
+            generation_key(&default, "cpu")
         );
-        // A type may hold ':', a tenant never does: "a:b:c" is only ever tenant a's "b:c".
-        assert!("a:b".parse::<Tenant>().is_err());
+        assert_ne!(
+            summary_key_prefix(&acme, "cpu", Period::All, &TagFilter::default()),
+            summary_key_prefix(&default, "cpu", Period::All, &TagFilter::default())
+        );
+        assert!(
+            "*".parse::<Tenant>().is_err(),
+            "no tenant shares the epoch of all"
+        );
         let mut pending = PendingBumps::new(3);
-        pending.owe(&[&of_acme]);
-        assert!(pending.covers(&of_acme));
-        assert!(!pending.covers(&of_default));
+        pending.owe(&["acme"]);
+        assert!(pending.covers("acme"));
+        assert!(!pending.covers("default"));
     }
 
     #[test]
@@ -406,28 +446,28 @@ mod tests {
         pending.owe(&["cpu", "mem"]);
         assert!(pending.covers("cpu") && pending.covers("mem"));
         assert!(!pending.covers("disk"));
-        assert_eq!(flushed_types(&pending), ["cpu", "mem"]);
+        assert_eq!(flushed_tenants(&pending), ["cpu", "mem"]);
     }
 
     #[test]
-    fn types_beyond_the_bound_are_forgotten_and_an_epoch_bump_covering_all_is_owed() {
+    fn tenants_beyond_the_bound_are_forgotten_and_a_bump_covering_all_is_owed() {
         let mut pending = PendingBumps::new(3);
         pending.owe(&["a", "b"]);
         // Owed again: still two types.
         pending.owe(&["a", "c"]);
-        assert_eq!(flushed_types(&pending), ["a", "b", "c"]);
+        assert_eq!(flushed_tenants(&pending), ["a", "b", "c"]);
         pending.owe(&["d"]);
-        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
-        assert!(pending.types.is_empty());
+        assert!(matches!(pending.flush(), Some(Flush::AllTenants(_))));
+        assert!(pending.tenants.is_empty());
         assert!(pending.covers("never-written"));
     }
 
     #[test]
-    fn one_failed_bump_of_more_types_than_the_bound_owes_an_epoch_bump() {
+    fn one_failed_bump_of_more_tenants_than_the_bound_owes_a_bump_of_all() {
         let mut pending = PendingBumps::new(3);
         pending.owe(&["a", "b", "c", "d"]);
-        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
-        assert!(pending.types.is_empty());
+        assert!(matches!(pending.flush(), Some(Flush::AllTenants(_))));
+        assert!(pending.tenants.is_empty());
     }
 
     #[test]
@@ -437,7 +477,7 @@ mod tests {
             let types: Vec<String> = (0..round % 6).map(|i| format!("t{round}-{i}")).collect();
             pending.owe(&types.iter().map(String::as_str).collect::<Vec<_>>());
             let flush = pending.flush();
-            if let Some(Flush::Types(types)) = &flush {
+            if let Some(Flush::Tenants(types)) = &flush {
                 assert!(types.len() <= 4, "{} types in one flush", types.len());
             }
             // Redis answers every third flush.
@@ -455,13 +495,13 @@ mod tests {
         pending.owe(&["c"]);
         pending.flushed(flush);
         assert!(!pending.covers("a") && !pending.covers("b"));
-        assert_eq!(flushed_types(&pending), ["c"]);
+        assert_eq!(flushed_tenants(&pending), ["c"]);
         pending.flushed(pending.flush().unwrap());
         assert_eq!(pending.flush(), None);
     }
 
     #[test]
-    fn a_type_owed_again_while_its_flush_was_in_flight_stays_owed() {
+    fn a_tenant_owed_again_while_its_flush_was_in_flight_stays_owed() {
         let mut pending = PendingBumps::new(3);
         pending.owe(&["a", "b"]);
         let flush = pending.flush().unwrap();
@@ -470,11 +510,11 @@ mod tests {
         pending.flushed(flush);
         assert!(pending.covers("a"));
         assert!(!pending.covers("b"));
-        assert_eq!(flushed_types(&pending), ["a"]);
+        assert_eq!(flushed_tenants(&pending), ["a"]);
     }
 
     #[test]
-    fn an_epoch_bump_owed_again_while_in_flight_stays_owed() {
+    fn a_bump_of_all_owed_again_while_in_flight_stays_owed() {
         let mut pending = PendingBumps::new(1);
         pending.owe(&["a", "b"]);
         let flush = pending.flush().unwrap();
@@ -482,19 +522,19 @@ mod tests {
         pending.flushed(flush);
         assert!(pending.covers("c"));
         let again = pending.flush().unwrap();
-        assert!(matches!(again, Flush::Epoch(_)));
+        assert!(matches!(again, Flush::AllTenants(_)));
         pending.flushed(again);
         assert_eq!(pending.flush(), None);
     }
 
     #[test]
-    fn types_flushed_after_an_overflow_leave_the_epoch_bump_owed() {
+    fn tenants_flushed_after_an_overflow_leave_the_bump_of_all_owed() {
         let mut pending = PendingBumps::new(2);
         pending.owe(&["a"]);
         let flush = pending.flush().unwrap();
         pending.owe(&["b", "c"]);
         pending.flushed(flush);
-        assert!(matches!(pending.flush(), Some(Flush::Epoch(_))));
+        assert!(matches!(pending.flush(), Some(Flush::AllTenants(_))));
         assert!(pending.covers("a"));
     }
 }

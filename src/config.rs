@@ -35,6 +35,9 @@ pub struct Settings {
     /// transaction), so a statement that timed out never commits later.
     pub database_statement_timeout: Duration,
     pub redis_url: String,
+    /// `REDIS_CLUSTER_NODES`: some nodes of a Redis Cluster (`host:port`, comma-separated);
+    /// when given, the cluster is used and `redis_url` is not.
+    pub redis_cluster_nodes: Vec<String>,
     pub cache_ttl: Duration,
     pub rate_limit: Quota,
     pub auth: AuthSettings,
@@ -125,6 +128,7 @@ impl Settings {
                 .unwrap_or_else(|| "postgres://postgres:postgres@localhost:5432/analytics".into()),
             database_statement_timeout: env.seconds("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5.0)?,
             redis_url,
+            redis_cluster_nodes: env.list("REDIS_CLUSTER_NODES"),
             cache_ttl: env.whole_seconds("CACHE_TTL_SECONDS", 300)?,
             rate_limit: Quota {
                 requests: env.positive("RATE_LIMIT_REQUESTS", 10, Quota::MAX_REQUESTS)?,
@@ -280,14 +284,21 @@ impl Env<'_> {
         })
     }
 
+    /// Comma-separated entries, blanks left out.
+    fn list(&self, name: &'static str) -> Vec<String> {
+        self.get(name).map_or_else(Vec::new, |raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
     /// Comma-separated IP addresses or CIDR blocks.
     fn trusted_proxies(&self, name: &'static str) -> Result<Vec<IpNet>, ConfigError> {
-        let Some(raw) = self.get(name) else {
-            return Ok(Vec::new());
-        };
-        raw.split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
+        self.list(name)
+            .iter()
             .map(|entry| {
                 entry
                     .parse::<IpNet>()
@@ -295,7 +306,7 @@ impl Env<'_> {
                     .map_err(|_| {
                         Self::invalid(
                             name,
-                            &raw,
+                            &self.get(name).unwrap_or_default(),
                             format!("{entry:?} is not an IP address or CIDR block"),
                         )
                     })
@@ -360,6 +371,13 @@ mod tests {
         assert_eq!(s.redis_url, "redis://cache:6380/2");
         let s = settings(&[("REDIS_URL", "redis://other:1/3"), ("REDIS_HOST", "cache")]).unwrap();
         assert_eq!(s.redis_url, "redis://other:1/3");
+        assert!(s.redis_cluster_nodes.is_empty());
+    }
+
+    #[test]
+    fn redis_cluster_nodes_are_a_comma_separated_list() {
+        let s = settings(&[("REDIS_CLUSTER_NODES", " redis-1:6379, redis-2:6379,,")]).unwrap();
+        assert_eq!(s.redis_cluster_nodes, ["redis-1:6379", "redis-2:6379"]);
     }
 
     #[test]

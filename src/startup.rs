@@ -43,7 +43,7 @@ use crate::{
 pub enum StartupError {
     #[error("invalid value for DATABASE_URL: {0}")]
     DatabaseUrl(#[source] sqlx::Error),
-    #[error("invalid value for REDIS_URL: {0}")]
+    #[error("invalid value for REDIS_URL or REDIS_CLUSTER_NODES: {0}")]
     RedisUrl(#[source] redis::RedisError),
     #[error("cannot listen on APP_HOST:APP_PORT {address:?}: {source}")]
     Bind {
@@ -85,14 +85,19 @@ impl Application {
             storage
                 .spawn_idempotency_key_cleanup(idempotency::CLEANUP_PERIOD, idempotency::KEY_TTL),
         ];
-        let redis = RedisConnection::new(&settings.redis_url).map_err(StartupError::RedisUrl)?;
+        let redis = RedisConnection::new(&settings.redis_url, &settings.redis_cluster_nodes)
+            .map_err(StartupError::RedisUrl)?;
         let enrichment = EnrichmentClient::new(
             SimulatedService::new(settings.external_service.failure_rate),
             CircuitBreaker::new(settings.circuit_breaker),
             settings.external_service,
             settings.cache_ttl,
         );
-        let cache = Arc::new(SummaryCache::new(redis.clone(), settings.cache_ttl));
+        let cache = Arc::new(SummaryCache::new(
+            redis.clone(),
+            storage.clone(),
+            settings.cache_ttl,
+        ));
         let access = Arc::new(Access::new(&settings.auth, storage.clone(), redis.clone()));
         match settings.auth.mode {
             AuthMode::Off => tracing::warn!(

@@ -5,6 +5,7 @@ mod keys;
 mod metrics;
 mod rollups;
 mod series;
+mod summary_epochs;
 mod tagged;
 
 use std::{
@@ -25,6 +26,7 @@ use sqlx::{
 pub use idempotency::{Claim, KeyedTransaction, StoredResponse};
 pub use keys::NewKeyRow;
 pub use metrics::{MAX_STATEMENT_BYTES, SamplesStored, Stored};
+pub use summary_epochs::ALL_TENANTS_EPOCH;
 
 /// A request waits at most this long for a connection, so an outage is a prompt 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);

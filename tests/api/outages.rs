@@ -8,8 +8,8 @@ use resilient_analytics::startup::Application;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, eventually, free_port, http_client, metric, spawn_app, spawn_app_with, start_postgres,
-    start_redis, test_settings,
+    ServerProcess, TestApp, eventually, free_port, http_client, metric, spawn_app, spawn_app_with,
+    start_postgres, start_redis, test_settings,
 };
 
 /// "A few seconds": an outage must be answered well before this.
@@ -422,4 +422,48 @@ async fn stored_points_survive_a_server_restart() {
     assert_eq!(summary["count"], 3);
     assert_eq!(summary["average_value"], 2.0);
     assert_eq!(summary["latest_value"], 3.0);
+}
+
+/// Two instances on one PostgreSQL and Redis, the writer without Redis (its connection cut):
+/// a summary the other instance had cached must not be served once the write is answered.
+#[tokio::test]
+async fn a_write_on_an_instance_that_lost_redis_is_seen_at_once_by_another_instance() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_metric("cpu", 1.0).await.status(), 201);
+    assert_eq!(app.summary("type=cpu").await.1.as_deref(), Some("MISS"));
+    assert_eq!(app.summary("type=cpu").await.1.as_deref(), Some("HIT"));
+
+    let unreachable_redis = format!("redis://127.0.0.1:{}/0", free_port());
+    let writer = ServerProcess::spawn(&app, &[("REDIS_URL", &unreachable_redis)]);
+    let writer_url = |path: &str| format!("{}{path}", writer.address);
+    eventually(Duration::from_secs(20), || async {
+        let response = app.client.get(writer_url("/health")).send().await.ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["status"] == "degraded").then_some(())
+    })
+    .await
+    .expect("the writer did not come up without Redis");
+    let written = app
+        .client
+        .post(writer_url("/api/metrics"))
+        .json(&metric("cpu", 2.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 201);
+
+    let (status, cache, summary) = app.summary("type=cpu").await;
+    assert_eq!(status, 200);
+    assert_eq!(cache.as_deref(), Some("MISS"));
+    assert_eq!(
+        summary["count"], 2,
+        "the summary from before the write: {summary}"
+    );
+    let (_, cache, cached) = app.summary("type=cpu").await;
+    assert_eq!(
+        cache.as_deref(),
+        Some("HIT"),
+        "the cache works again at once"
+    );
+    assert_eq!(cached["count"], 2);
 }
