@@ -8,6 +8,9 @@
 #   resilient-analytics/redis:7-offline          redis-server / redis-cli 7.0
 #   resilient-analytics/debian:bookworm-offline  the bare minbase system (bash, apt, passwd):
 #                                                the app's runtime base (docker-compose.offline.yml)
+#   resilient-analytics/nginx:offline            nginx 1.22 (nginx-light), `nginx -g 'daemon off;'`:
+#                                                the balancer of the scale stack
+#                                                (docker-compose.scale.yml)
 #
 # Usage: scripts/build-offline-images.sh [--force]
 #   --force   rebuild images that already exist
@@ -24,13 +27,14 @@ readonly PG_MAJOR=15
 readonly POSTGRES_IMAGE=resilient-analytics/postgres:15-offline
 readonly REDIS_IMAGE=resilient-analytics/redis:7-offline
 readonly DEBIAN_IMAGE=resilient-analytics/debian:bookworm-offline
+readonly NGINX_IMAGE=resilient-analytics/nginx:offline
 readonly CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 FORCE=0
 for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -47,7 +51,7 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 select_images() {
     local image quiet=${1:-}
     todo=()
-    for image in "$POSTGRES_IMAGE" "$REDIS_IMAGE" "$DEBIAN_IMAGE"; do
+    for image in "$POSTGRES_IMAGE" "$REDIS_IMAGE" "$DEBIAN_IMAGE" "$NGINX_IMAGE"; do
         if [[ $FORCE -eq 0 ]] && image_exists "$image"; then
             [[ -n $quiet ]] || log "$image already exists, skipping (use --force to rebuild)"
         else
@@ -483,12 +487,41 @@ build_debian() {
     log "$DEBIAN_IMAGE built in $((SECONDS - started))s"
 }
 
+# --- nginx (the scale stack's balancer) -------------------------------------------------------
+
+# A stand-in for the official nginx image as the scale stack uses it: a configuration mounted
+# at /etc/nginx/nginx.conf, logs on the container's stdout/stderr, `nginx -g 'daemon off;'`,
+# SIGQUIT (graceful) to stop.
+build_nginx() {
+    local root=$WORK/nginx
+    started=$SECONDS
+    log "building $NGINX_IMAGE"
+    new_root "$root"
+    logged in_root "$root" apt-get install -y -q nginx-light
+    [[ -x $root/usr/sbin/nginx ]] || die "nginx missing after install"
+    # As the official image: the logs go to the container's output. (Inside the chroot: the
+    # paths must resolve there, not on the host.)
+    in_root "$root" ln -sf /dev/stdout /var/log/nginx/access.log
+    in_root "$root" ln -sf /dev/stderr /var/log/nginx/error.log
+    rm -f "$root/etc/nginx/sites-enabled/default"
+    finish_root "$root"
+    import_root "$root" "$NGINX_IMAGE" \
+        "ENV PATH=$CHROOT_PATH" \
+        "ENV LANG=C.UTF-8" \
+        'CMD ["nginx", "-g", "daemon off;"]' \
+        'EXPOSE 80'
+    set_stop_signal "$NGINX_IMAGE" SIGQUIT
+    rm -rf --one-file-system "$root"
+    log "$NGINX_IMAGE built in $((SECONDS - started))s"
+}
+
 for image in "${todo[@]}"; do
     old_id=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
     case "$image" in
         "$POSTGRES_IMAGE") build_postgres ;;
         "$REDIS_IMAGE") build_redis ;;
         "$DEBIAN_IMAGE") build_debian ;;
+        "$NGINX_IMAGE") build_nginx ;;
     esac
     # With --force, drop the image this one replaced (kept if a container still uses it).
     if [[ -n $old_id && $old_id != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then

@@ -5,6 +5,10 @@
 #   scripts/up.sh up [up options]     the same
 #   scripts/up.sh <command> [args]    any other compose command on the same stack:
 #                                     down -v, ps, logs -f app, restart app, exec postgres psql ...
+#   scripts/up.sh --scale [...]       the same on the scale stack (docker-compose.scale.yml):
+#                                     nginx on :8000 in front of app-1..3 (also on 127.0.0.1:
+#                                     8001..8003), a Redis Cluster of 3 masters + 3 replicas,
+#                                     PostgreSQL; `--scale -d`, `--scale down -v`, `--scale ps`
 #
 # Where the upstream images (postgres:16, redis:7-alpine, rust:1-bookworm, debian:bookworm-slim)
 # are present or can be pulled, this is `docker compose up --build` on docker-compose.yml.
@@ -18,17 +22,31 @@
 #                                  the upstream images could be pulled)
 #   PULL_TIMEOUT                   seconds allowed per image pull while detecting (default 600)
 #   COMPOSE_PROJECT_NAME           as for compose (global compose options cannot be passed here)
+#   CARGO_TARGET_DIR               where cargo puts the binary (default target)
+#   BOOTSTRAP_ADMIN_KEY            with --scale: the first admin key (the scale stack requires keys)
 # `down` always includes the offline override, so it removes the volumes of either mode.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
-readonly UPSTREAM_IMAGES=("${POSTGRES_IMAGE:-postgres:16}" "${REDIS_IMAGE:-redis:7-alpine}"
+scale=0
+if [[ ${1:-} == --scale ]]; then
+    scale=1
+    shift
+fi
+
+UPSTREAM_IMAGES=("${POSTGRES_IMAGE:-postgres:16}" "${REDIS_IMAGE:-redis:7-alpine}"
     debian:bookworm-slim rust:1-bookworm)
+ONLINE_FILES=(-f docker-compose.yml)
+OFFLINE_FILES=(-f docker-compose.yml -f docker-compose.offline.yml)
+if [[ $scale -eq 1 ]]; then
+    UPSTREAM_IMAGES+=("${NGINX_IMAGE:-nginx:1.27}")
+    ONLINE_FILES+=(-f docker-compose.scale.yml)
+    OFFLINE_FILES+=(-f docker-compose.scale.yml)
+fi
+readonly UPSTREAM_IMAGES ONLINE_FILES OFFLINE_FILES
 readonly STANDIN_POSTGRES=resilient-analytics/postgres:15-offline
-readonly ONLINE_FILES=(-f docker-compose.yml)
-readonly OFFLINE_FILES=(-f docker-compose.yml -f docker-compose.offline.yml)
 readonly CONTEXT=target/offline-context
 readonly BINARY=resilient-analytics
 
@@ -37,7 +55,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
 
 case "${1:-}" in
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 
 command -v docker >/dev/null || die "docker CLI not found"
@@ -104,12 +122,31 @@ prepare_offline() {
         || die "cargo not found: install Rust (https://rustup.rs; see rust-version in Cargo.toml)"
     run env SQLX_OFFLINE=true cargo build --release --locked
 
+    local built=${CARGO_TARGET_DIR:-target}/release/$BINARY
     mkdir -p "$CONTEXT"
     find "$CONTEXT" -mindepth 1 -maxdepth 1 ! -name "$BINARY" -exec rm -rf {} +
-    if cmp -s "target/release/$BINARY" "$CONTEXT/$BINARY"; then
+    if cmp -s "$built" "$CONTEXT/$BINARY"; then
         log "$CONTEXT/$BINARY is up to date"
     else
-        run install -m 0755 "target/release/$BINARY" "$CONTEXT/$BINARY"
+        run install -m 0755 "$built" "$CONTEXT/$BINARY"
+    fi
+}
+
+# The scale stack's stand-ins (docker-compose.scale.yml takes its Redis and nginx images from
+# these variables; the offline override names only the base services').
+use_offline_images() {
+    export REDIS_IMAGE=resilient-analytics/redis:7-offline NGINX_IMAGE=resilient-analytics/nginx:offline
+}
+
+# Starts the stack with the given files. The scale stack's app-N run the image the base `app`
+# service builds; that service is in the profile `single` there, so it is built by name.
+start() {
+    local files=("$@")
+    if [[ $scale -eq 1 ]]; then
+        run "${compose[@]}" "${files[@]}" --profile single build app
+        run "${compose[@]}" "${files[@]}" up "${up_args[@]}"
+    else
+        run "${compose[@]}" "${files[@]}" up --build "${up_args[@]}"
     fi
 }
 
@@ -125,11 +162,13 @@ if [[ $command == up ]]; then
         if upstream_usable; then mode=online; else mode=offline; fi
     fi
     log "mode: $mode"
+    up_args=("$@")
     if [[ $mode == offline ]]; then
         prepare_offline
-        run "${compose[@]}" "${OFFLINE_FILES[@]}" up --build "$@"
+        [[ $scale -eq 0 ]] || use_offline_images
+        start "${OFFLINE_FILES[@]}"
     else
-        run "${compose[@]}" "${ONLINE_FILES[@]}" up --build "$@"
+        start "${ONLINE_FILES[@]}"
     fi
     exit
 fi
@@ -142,4 +181,5 @@ else
     [[ -n $mode ]] || mode=$(current_mode)
     if [[ $mode == offline ]]; then files=("${OFFLINE_FILES[@]}"); else files=("${ONLINE_FILES[@]}"); fi
 fi
+[[ $scale -eq 0 || $mode == online ]] || use_offline_images
 run "${compose[@]}" "${files[@]}" "$command" "$@"
